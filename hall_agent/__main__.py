@@ -1,0 +1,3 @@
+from hall_agent.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,137 @@
+"""The composition root: builds every part from the settings and runs them."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from . import __version__, health
+from .commands import Dispatcher
+from .config import Settings
+from .envelope import Envelope, Events, Moment
+from .link import Incoming, Link
+from .outbox import Dropped, Outbox
+
+log = logging.getLogger(__name__)
+
+
+def storage_dir(settings: Settings, simulate: bool) -> Path:
+    """``storage.dir``; else systemd's ``$STATE_DIRECTORY``; else a per-user
+    folder in simulation; else ``/var/lib/hall-agent``."""
+    if settings.storage.dir is not None:
+        return settings.storage.dir
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    if simulate:
+        base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+        return base / "hall-agent" / settings.hall.id
+    return Path("/var/lib/hall-agent")
+
+
+class Agent:
+    def __init__(self, settings: Settings, simulate: bool = False):
+        self.settings = settings
+        self.simulate = simulate
+        self.started = time.monotonic()
+        self.state_dir = storage_dir(settings, simulate)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.events = Events(settings.hall.id, settings.hall.timezone, settings.base_topic,
+                             settings.mqtt.telemetry_qos)
+        self.outbox = Outbox(self.state_dir / "outbox.sqlite3",
+                             max_bytes=int(settings.storage.max_outbox_mb * 1024 * 1024),
+                             on_overflow=self._overflow_event)
+        self.link = Link(settings, self.outbox, self.events.now)
+        self.dispatcher = Dispatcher()
+        self.dispatcher.register("ping", lambda args: {"pong": True, "version": __version__})
+        self.dispatcher.register("status", lambda args: self.status())
+        self.link.subscribe("cmd", self._on_command)
+        self.sensor_health: dict[str, str] = {}
+        self.status_providers: dict[str, Callable[[], Any]] = {}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # -- events -------------------------------------------------------------------
+    def emit(self, env: Envelope) -> int:
+        """Commit an envelope to the outbox and wake the link; returns its seq."""
+        seq = self.outbox.enqueue(env)
+        self.link._wake.set()
+        return seq
+
+    def _overflow_event(self, dropped: Dropped) -> Envelope:
+        return self.events.agent("outbox-overflow", {
+            "dropped": dropped.count, "first_seq": dropped.first_seq, "last_seq": dropped.last_seq,
+            "ranges": [list(r) for r in dropped.ranges[:200]], "dropped_total": self.outbox.dropped_total,
+        }, severity="warning", moment=Moment("system", 2), source="outbox")
+
+    # -- commands -----------------------------------------------------------------
+    def _on_command(self, msg: Incoming) -> None:
+        outcome = self.dispatcher.handle(msg.payload)
+        reply = json.dumps(outcome.reply, ensure_ascii=False, default=str).encode()
+        self.link.publish_now(f"{self.settings.base_topic}/cmd/reply", reply)
+        if msg.response_topic:
+            self.link.publish_now(msg.response_topic, reply, correlation_data=msg.correlation_data)
+        self.emit(self.events.command(outcome.audit, severity="info" if outcome.ok else "warning"))
+
+    def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = {
+            "version": __version__, "uptime_s": round(time.monotonic() - self.started, 1),
+            "simulate": self.simulate, "connected": self.link.connected,
+            "outbox": {"depth": self.outbox.depth, "bytes": self.outbox.bytes,
+                       "dropped": self.outbox.dropped_total},
+            "inputs": {}, "alerts": [],
+        }
+        for key, provider in self.status_providers.items():
+            result[key] = provider()
+        return result
+
+    # -- running ------------------------------------------------------------------
+    def start(self) -> None:
+        self.link.start()
+        self.emit(self.events.agent("started", {"version": __version__, "simulate": self.simulate,
+                                                "outbox_depth": self.outbox.depth}))
+        t = threading.Thread(target=self._health_loop, name="health", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _health_loop(self) -> None:
+        interval = self.settings.agent.health_interval_s
+        while not self._stop.wait(interval):
+            try:
+                self.emit(self.events.health(health.collect(self.started, self.outbox, self.state_dir,
+                                                            self.sensor_health)))
+            except Exception:
+                log.exception("health report failed")
+
+    def request_stop(self, *_: Any) -> None:
+        self._stop.set()
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT; then stop cleanly. Returns the exit code."""
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        self.start()
+        log.info("hall-agent %s running for hall %s (%s)%s", __version__, self.settings.hall.id,
+                 self.settings.base_topic, " in simulation" if self.simulate else "")
+        while not self._stop.wait(1.0):
+            pass
+        self.stop()
+        return 0
+
+    def stop(self) -> None:
+        self._stop.set()
+        try:
+            self.emit(self.events.agent("stopping", {"reason": "shutdown"}))
+        except Exception:
+            log.exception("could not record the stop")
+        drained = self.link.stop(self.settings.mqtt.drain_s)
+        if not drained:
+            log.warning("stopped with %d messages still in the outbox; they are sent on the next start",
+                        self.outbox.depth)
+        self.outbox.close()
+        log.info("hall-agent stopped")

@@ -1,0 +1,94 @@
+"""The ``hall-agent`` command line (SPEC section 8).
+
+Exit codes: 0 ok; 1 a check failed or a problem was found; 2 usage or
+configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import __version__
+from .config import ConfigError, config_path, load, masked
+
+EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hall-agent", description="Customer-service hall agent (MQTT).")
+    p.add_argument("--version", action="version", version=f"hall-agent {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def cfg(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("-c", "--config", metavar="FILE",
+                        help="configuration file (default: $HALL_AGENT_CONFIG or /etc/hall-agent/config.toml)")
+        return sp
+
+    run = cfg(sub.add_parser("run", help="run the agent"))
+    run.add_argument("--simulate", action="store_true", help="emulated hardware (SPEC section 9)")
+
+    check = cfg(sub.add_parser("check", help="run the opening or closing check now"))
+    check.add_argument("kind", choices=["opening", "closing"])
+    check.add_argument("--simulate", action="store_true")
+    check.add_argument("--json", action="store_true")
+    check.add_argument("--no-publish", action="store_true")
+
+    config = sub.add_parser("config", help="check or show the configuration")
+    config_sub = config.add_subparsers(dest="action", metavar="ACTION", required=True)
+    cfg(config_sub.add_parser("check", help="validate the file; one line per problem"))
+    cfg(config_sub.add_parser("show", help="print the effective settings, secrets masked"))
+
+    schedule = cfg(sub.add_parser("schedule", help="the coming opening/closing runs"))
+    schedule.add_argument("--from", dest="from_date", metavar="DATE")
+    schedule.add_argument("--days", type=int, default=14)
+    schedule.add_argument("--json", action="store_true")
+
+    cfg(sub.add_parser("doctor", help="check buses, ports, pins, permissions and the broker"))
+    watch = cfg(sub.add_parser("watch", help="live alert console for staff"))
+    watch.add_argument("--scope", metavar="CITY[/BRANCH[/HALL]]")
+    return p
+
+
+def _load(args: argparse.Namespace):
+    try:
+        return load(args.config)
+    except ConfigError as e:
+        for line in e.problems:
+            print(f"config error: {line}", file=sys.stderr)
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    if args.command == "config":
+        settings = _load(args)
+        if settings is None:
+            return EXIT_USAGE
+        if args.action == "check":
+            print(f"{config_path(args.config)}: ok (hall {settings.hall.id}, {len(settings.sensors)} sensors, "
+                  f"{len(settings.inputs)} inputs, {len(settings.printers)} printers, "
+                  f"{len(settings.equipment)} equipment)")
+        else:
+            print(json.dumps(masked(settings), indent=2, ensure_ascii=False))
+        return EXIT_OK
+    if args.command == "run":
+        settings = _load(args)
+        if settings is None:
+            return EXIT_USAGE
+        from . import logs
+        from .agent import Agent
+        logs.setup(settings.agent.log_level)
+        return Agent(settings, simulate=args.simulate).run()
+    print(f"hall-agent {args.command}: not available yet in this version "
+          f"(see the project's open issues)", file=sys.stderr)
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

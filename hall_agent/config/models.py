@@ -1,0 +1,390 @@
+"""The configuration schema: every key of SPEC section 7 with its default.
+
+The models only check what one key (or one table) can check on its own;
+checks across tables (duplicate ids, a GPIO pin used twice, references
+between tables, secrets sent in clear) live in ``checks.py`` so that each
+problem can name its own key path.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, time
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.\-]*$")
+
+I2C_DRIVERS = {"sht3x": 0x44, "sht4x": 0x44, "bme280": 0x76, "scd4x": 0x62, "sgp30": 0x58}
+SERIAL_DRIVERS = {"mhz19", "pms5003", "ze08"}
+FILE_DRIVERS = {"ds18b20"}
+DRIVERS = tuple(sorted(set(I2C_DRIVERS) | SERIAL_DRIVERS | FILE_DRIVERS))
+SENSOR_BAUDRATES = {"mhz19": 9600, "pms5003": 9600, "ze08": 9600}
+
+VALUE_KEYS = (
+    "temperature_c", "humidity_pct", "pressure_hpa", "co2_ppm", "tvoc_ppb", "eco2_ppm",
+    "pm1_ugm3", "pm25_ugm3", "pm10_ugm3", "hcho_mgm3",
+)
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+Driver = Literal["bme280", "ds18b20", "mhz19", "pms5003", "scd4x", "sgp30", "sht3x", "sht4x", "ze08"]
+ValueKey = Literal[
+    "temperature_c", "humidity_pct", "pressure_hpa", "co2_ppm", "tvoc_ppb", "eco2_ppm",
+    "pm1_ugm3", "pm25_ugm3", "pm10_ugm3", "hcho_mgm3",
+]
+Severity = Literal["info", "warning", "critical"]
+Category = Literal["internal", "business", "system", "emergency"]
+
+
+def check_id(value: str) -> str:
+    if not isinstance(value, str) or not ID_PATTERN.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid id: use lower-case letters, digits, '.' and '-'")
+    return value
+
+
+def parse_hours(text: str) -> tuple[time, time] | None:
+    """``"08:30-17:30"`` -> (08:30, 17:30); ``"closed"`` -> None."""
+    text = text.strip().lower()
+    if text == "closed":
+        return None
+    match = re.fullmatch(r"(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})", text)
+    if not match:
+        raise ValueError(f"{text!r} is not opening hours: write \"08:30-17:30\" or \"closed\"")
+    h1, m1, h2, m2 = (int(g) for g in match.groups())
+    if h1 > 23 or h2 > 23 or m1 > 59 or m2 > 59:
+        raise ValueError(f"{text!r} has an impossible time of day")
+    start, end = time(h1, m1), time(h2, m2)
+    if end <= start:
+        raise ValueError(f"{text!r} closes before it opens")
+    return start, end
+
+
+def parse_months(value: Any) -> list[int]:
+    """``[5, 6, 7]``, ``"5-9"`` or ``"11-3"`` (wrapping the new year) -> month numbers."""
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d{1,2})\s*-\s*(\d{1,2})\s*", value)
+        if not match:
+            raise ValueError(f"{value!r} is not a month range such as \"5-9\"")
+        first, last = int(match[1]), int(match[2])
+        if not (1 <= first <= 12 and 1 <= last <= 12):
+            raise ValueError(f"{value!r}: months are 1 to 12")
+        months, m = [first], first
+        while m != last:
+            m = m % 12 + 1
+            months.append(m)
+        return months
+    if isinstance(value, list):
+        for m in value:
+            if not isinstance(m, int) or not 1 <= m <= 12:
+                raise ValueError(f"{m!r} is not a month number 1 to 12")
+        return list(value)
+    raise ValueError("write a month range such as \"5-9\" or a list of month numbers")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class HallSection(Section):
+    id: str
+    name: str = ""
+    city: str
+    branch: str
+    timezone: str = "Asia/Shanghai"
+
+    _ids = field_validator("id", "city", "branch")(check_id)
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone such as \"Asia/Shanghai\"") from None
+        return value
+
+
+class MqttSection(Section):
+    host: str = "localhost"
+    port: int | None = Field(default=None, ge=1, le=65535)
+    protocol: Literal[5, 311] = 5
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    tls_insecure: bool = False
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    client_id: str | None = None
+    topic_root: str = "halls"
+    keepalive_s: int = Field(default=30, ge=5, le=65535)
+    telemetry_qos: Literal[0, 1] = 0
+    drain_s: float = Field(default=5.0, ge=0, le=600)
+
+    @field_validator("topic_root")
+    @classmethod
+    def _topic_root(cls, value: str) -> str:
+        if not value or any(c in value for c in "+#") or value.startswith("/") or value.endswith("/"):
+            raise ValueError(f"{value!r} is not a topic prefix: no '+', '#' or leading/trailing '/'")
+        return value
+
+    @property
+    def effective_port(self) -> int:
+        return self.port if self.port is not None else (8883 if self.tls else 1883)
+
+
+class AgentSection(Section):
+    health_interval_s: float = Field(default=60.0, ge=1)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+
+class StorageSection(Section):
+    dir: Path | None = None
+    max_outbox_mb: float = Field(default=256.0, gt=0)
+
+
+class HoursSection(Section):
+    monday: str = "08:30-17:30"
+    tuesday: str = "08:30-17:30"
+    wednesday: str = "08:30-17:30"
+    thursday: str = "08:30-17:30"
+    friday: str = "08:30-17:30"
+    saturday: str = "08:30-17:30"
+    sunday: str = "08:30-17:30"
+    holidays: str = "CN"
+    closed: list[date] = []
+    open: dict[date, str] = {}
+
+    @field_validator(*WEEKDAYS)
+    @classmethod
+    def _day(cls, value: str) -> str:
+        parse_hours(value)
+        return value
+
+    @field_validator("open")
+    @classmethod
+    def _open(cls, value: dict[date, str]) -> dict[date, str]:
+        for day, hours in value.items():
+            if parse_hours(hours) is None:
+                raise ValueError(f"{day}: an open date needs hours such as \"09:00-16:00\"")
+        return value
+
+    @field_validator("holidays")
+    @classmethod
+    def _holidays(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[A-Z]{2}(-[A-Z0-9]{1,3})?", value):
+            raise ValueError(f"{value!r} is not a country code such as \"CN\" (or \"\" for none)")
+        return value
+
+
+class ChecksSection(Section):
+    opening_lead_min: int = Field(default=30, ge=0, le=720)
+    closing_delay_min: int = Field(default=15, ge=0, le=720)
+    settle_s: float = Field(default=20.0, ge=0, le=3600)
+    misfire_grace_min: int = Field(default=20, ge=0)
+    require_time_sync: bool = True
+
+
+class CommandsSection(Section):
+    allow_reset: bool = False
+    allow_power: bool = False
+
+
+class ProfileSection(Section):
+    name: Literal["gbt18883-2022", "none"] = "gbt18883-2022"
+    summer_months: list[int] = [5, 6, 7, 8, 9]
+    winter_months: list[int] = [11, 12, 1, 2, 3]
+
+    _months = field_validator("summer_months", "winter_months", mode="before")(parse_months)
+
+
+class HomeAssistantSection(Section):
+    enabled: bool = False
+    prefix: str = "homeassistant"
+
+
+class SensorConfig(Section):
+    id: str
+    driver: Driver
+    bus: int = Field(default=1, ge=0)
+    address: int | None = None
+    port: str | None = None
+    baudrate: int | None = Field(default=None, gt=0)
+    device: str | None = None
+    w1_root: Path = Path("/sys/bus/w1/devices")
+    interval_s: float = Field(default=30.0, ge=0.1)
+    fault_after: int = Field(default=3, ge=1)
+
+    _id = field_validator("id")(check_id)
+
+    @field_validator("address", mode="before")
+    @classmethod
+    def _address(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = int(value, 0)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an I2C address such as 0x44") from None
+        if isinstance(value, int) and not isinstance(value, bool) and not 0x08 <= value <= 0x77:
+            raise ValueError(f"{value:#04x} is not a 7-bit I2C address (0x08-0x77)")
+        return value
+
+    @model_validator(mode="after")
+    def _defaults(self) -> "SensorConfig":
+        if self.address is None and self.driver in I2C_DRIVERS:
+            self.address = I2C_DRIVERS[self.driver]
+        if self.baudrate is None and self.driver in SENSOR_BAUDRATES:
+            self.baudrate = SENSOR_BAUDRATES[self.driver]
+        return self
+
+
+def _pin(value: Any) -> Any:
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 0 <= value <= 53:
+            raise ValueError(f"{value} is not a GPIO number (BCM 0-27 on a Raspberry Pi)")
+        return value
+    if isinstance(value, str) and re.fullmatch(r"(GPIO|BCM|BOARD|WPI)\d+|J8:\d+", value.strip(), re.I):
+        return value.strip().upper()
+    raise ValueError(f"{value!r} is not a pin: write a BCM number such as 17, or \"GPIO17\"/\"BOARD11\"")
+
+
+class InputConfig(Section):
+    id: str
+    kind: Literal["door", "panic", "motion", "reset"]
+    pin: int | str
+    contact: Literal["no", "nc"] = "no"
+    pull_up: bool = True
+    bounce_ms: int = Field(default=50, ge=0, le=10_000)
+    held_open_s: float | None = Field(default=None, gt=0)
+    resets: list[str] = []
+
+    _id = field_validator("id")(check_id)
+    _pin = field_validator("pin", mode="before")(_pin)
+
+    @model_validator(mode="after")
+    def _defaults(self) -> "InputConfig":
+        if self.held_open_s is None and self.kind == "door":
+            self.held_open_s = 120.0
+        return self
+
+
+class PrinterConfig(Section):
+    id: str
+    port: str
+    baudrate: int = Field(default=9600, gt=0)
+    poll_s: float = Field(default=10.0, ge=0.2)
+    timeout_s: float = Field(default=1.0, gt=0, le=30)
+
+    _id = field_validator("id")(check_id)
+
+
+class EquipmentConfig(Section):
+    id: str
+    name: str = ""
+    probe: str | None = None
+    relay_pin: int | str | None = None
+    power: Literal["auto", "manual"] = "manual"
+    required: bool = True
+
+    _id = field_validator("id")(check_id)
+
+    @field_validator("relay_pin", mode="before")
+    @classmethod
+    def _relay_pin(cls, value: Any) -> Any:
+        return None if value is None else _pin(value)
+
+    @field_validator("probe")
+    @classmethod
+    def _probe(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if re.fullmatch(r"tcp://[^\s:/]+:\d{1,5}", value) or re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+            return value
+        raise ValueError(f"{value!r} is not a probe: write tcp://host:port, http://… or https://…")
+
+
+class RuleConfig(Section):
+    id: str
+    source: str | None = None
+    value: ValueKey | None = None
+    above: float | None = None
+    below: float | None = None
+    clear_below: float | None = None
+    clear_above: float | None = None
+    for_s: float = Field(default=0.0, ge=0)
+    mean_s: float = Field(default=0.0, ge=0)
+    severity: Severity = "warning"
+    category: Category = "internal"
+    priority: int = Field(default=2, ge=1, le=4)
+
+    _id = field_validator("id")(check_id)
+
+    @model_validator(mode="after")
+    def _threshold(self) -> "RuleConfig":
+        if self.above is not None and self.below is not None:
+            raise ValueError("give either above or below, not both")
+        if self.above is not None and self.clear_above is not None:
+            raise ValueError("clear_above goes with below; with above use clear_below")
+        if self.below is not None and self.clear_below is not None:
+            raise ValueError("clear_below goes with above; with below use clear_above")
+        if self.above is not None and self.clear_below is not None and self.clear_below > self.above:
+            raise ValueError(f"clear_below ({self.clear_below}) must not exceed above ({self.above})")
+        if self.below is not None and self.clear_above is not None and self.clear_above < self.below:
+            raise ValueError(f"clear_above ({self.clear_above}) must not be under below ({self.below})")
+        return self
+
+
+class Settings(BaseSettings):
+    """The whole configuration. File values are overridden by environment
+    variables ``HALL_AGENT_<SECTION>__<KEY>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HALL_AGENT_", env_nested_delimiter="__", extra="forbid",
+        case_sensitive=False, validate_default=True,
+    )
+
+    hall: HallSection
+    mqtt: MqttSection = MqttSection()
+    agent: AgentSection = AgentSection()
+    storage: StorageSection = StorageSection()
+    hours: HoursSection = HoursSection()
+    checks: ChecksSection = ChecksSection()
+    commands: CommandsSection = CommandsSection()
+    profile: ProfileSection = ProfileSection()
+    homeassistant: HomeAssistantSection = HomeAssistantSection()
+    sensors: list[SensorConfig] = []
+    inputs: list[InputConfig] = []
+    printers: list[PrinterConfig] = []
+    equipment: list[EquipmentConfig] = []
+    rules: list[RuleConfig] = []
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file arrives as init values; the environment overrides it.
+        return env_settings, init_settings
+
+    @property
+    def base_topic(self) -> str:
+        h = self.hall
+        return f"{self.mqtt.topic_root}/{h.city}/{h.branch}/{h.id}"
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt.client_id or f"hall-agent-{self.hall.id}"

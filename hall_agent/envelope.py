@@ -1,0 +1,118 @@
+"""The event envelope of SPEC section 3, and where each kind is published.
+
+Pure: no I/O. ``Events`` builds envelopes for one hall; the outbox assigns
+``seq`` when it commits one and encodes it with ``Envelope.encode``.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable
+from zoneinfo import ZoneInfo
+
+SCHEMA = 1
+#: envelope types the outbox may drop when full, in drop order
+DROPPABLE = ("reading", "health")
+
+
+@dataclass(frozen=True)
+class Moment:
+    """A key moment's classification: category and importance quadrant (1 = I)."""
+    category: str
+    priority: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"category": self.category, "priority": self.priority}
+
+
+@dataclass(frozen=True)
+class Publication:
+    topic: str
+    qos: int
+    retain: bool
+
+
+@dataclass
+class Envelope:
+    type: str
+    source: str
+    data: dict[str, Any]
+    ts: str
+    hall: str
+    severity: str = "info"
+    moment: Moment | None = None
+    routes: tuple[Publication, ...] = ()
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def as_dict(self, seq: int) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA, "id": self.id, "seq": seq, "ts": self.ts, "hall": self.hall,
+            "type": self.type, "source": self.source, "severity": self.severity,
+            "moment": self.moment.as_dict() if self.moment else None, "data": self.data,
+        }
+
+    def encode(self, seq: int) -> bytes:
+        return json.dumps(self.as_dict(seq), ensure_ascii=False, separators=(",", ":"),
+                          default=str).encode()
+
+
+SYSTEM = Moment("system", 2)
+INTERNAL = Moment("internal", 2)
+
+
+class Events:
+    """Builds the hall's envelopes with their topics (SPEC section 3)."""
+
+    def __init__(self, hall: str, timezone: str, base_topic: str, telemetry_qos: int = 0,
+                 clock: Callable[[], datetime] | None = None):
+        self.hall = hall
+        self.tz = ZoneInfo(timezone)
+        self.base = base_topic
+        self.telemetry_qos = telemetry_qos
+        self._clock = clock or (lambda: datetime.now(self.tz))
+
+    def now(self) -> str:
+        return self._clock().astimezone(self.tz).isoformat(timespec="milliseconds")
+
+    def topic(self, suffix: str) -> str:
+        return f"{self.base}/{suffix}"
+
+    def _make(self, type_: str, source: str, data: dict, severity: str, moment: Moment | None,
+              routes: tuple[Publication, ...]) -> Envelope:
+        return Envelope(type=type_, source=source, data=data, ts=self.now(), hall=self.hall,
+                        severity=severity, moment=moment, routes=routes)
+
+    def _audit(self) -> Publication:
+        return Publication(self.topic("event"), 1, False)
+
+    def reading(self, sensor_id: str, model: str, values: dict[str, float]) -> Envelope:
+        route = Publication(self.topic(f"telemetry/{sensor_id}"), self.telemetry_qos, True)
+        return self._make("reading", sensor_id, {"model": model, "values": values}, "info", None, (route,))
+
+    def health(self, data: dict[str, Any]) -> Envelope:
+        return self._make("health", "agent", data, "info", SYSTEM,
+                          (Publication(self.topic("health"), 0, True),))
+
+    def state(self, source: str, data: dict[str, Any], severity: str = "info",
+              moment: Moment | None = None) -> Envelope:
+        routes = (Publication(self.topic(f"state/{source}"), 1, True), self._audit())
+        return self._make("state", source, data, severity, moment, routes)
+
+    def alert(self, rule: str, source: str, data: dict[str, Any], severity: str, moment: Moment) -> Envelope:
+        routes = (Publication(self.topic(f"alert/{rule}/{source}"), 1, True), self._audit())
+        return self._make("alert", source, data, severity, moment, routes)
+
+    def check(self, kind: str, data: dict[str, Any], severity: str, moment: Moment) -> Envelope:
+        routes = (Publication(self.topic(f"check/{kind}"), 1, True), self._audit())
+        return self._make("check", "agent", data, severity, moment, routes)
+
+    def command(self, data: dict[str, Any], severity: str = "info") -> Envelope:
+        return self._make("command", "cmd", data, severity, INTERNAL, (self._audit(),))
+
+    def agent(self, event: str, data: dict[str, Any] | None = None, severity: str = "info",
+              moment: Moment = SYSTEM, source: str = "agent") -> Envelope:
+        return self._make("agent", source, {"event": event, **(data or {})}, severity, moment,
+                          (self._audit(),))

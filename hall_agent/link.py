@@ -1,0 +1,318 @@
+"""The MQTT link: one paho-mqtt client, its network thread and the outbox pump.
+
+Threads (none of them ever blocks inside a paho callback):
+
+- ``mqtt-net`` runs ``client.loop()`` and reconnects with exponential
+  back-off and jitter.  Callbacks only flip flags and queue work.
+- ``mqtt-pump`` hands outbox rows to paho while connected, in order, with a
+  bounded window, and removes them from the outbox once paho reports them
+  sent (PUBACK for QoS 1, written to the socket for QoS 0).  QoS 1 messages
+  that were in flight when the connection dropped are re-sent by paho itself
+  on reconnect; after a restart the outbox replays them.
+- ``mqtt-inbox`` runs the handlers of subscribed topics (commands).
+
+Every (re)connect publishes the retained ``online`` status and restores the
+subscriptions; the last will is ``offline``/``connection-lost``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import random
+import socket
+import ssl
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+
+from . import __version__
+from .config import Settings
+from .outbox import Outbox, Row
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Incoming:
+    topic: str
+    payload: bytes
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+
+
+Handler = Callable[[Incoming], None]
+
+
+class Link:
+    window = 500            # outbox rows handed to paho and not yet confirmed
+    min_delay = 0.5         # reconnect back-off, seconds
+    max_delay = 30.0
+
+    def __init__(self, settings: Settings, outbox: Outbox, clock: Callable[[], str]):
+        self.settings = settings
+        self.outbox = outbox
+        self.clock = clock
+        self.base = settings.base_topic
+        self.status_topic = f"{self.base}/status"
+        self._handlers: dict[str, Handler] = {}
+        self._connected = threading.Event()
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._acks: deque[int] = deque()
+        self._in_flight: dict[int, Row] = {}  # paho mid -> row
+        self._retry: list[Row] = []           # QoS 0 rows lost with a connection
+        self._inbox: queue.Queue[Incoming | None] = queue.Queue(maxsize=1000)
+        self._delay = self.min_delay
+        self._threads: list[threading.Thread] = []
+        self.connects = 0
+        self.heartbeat = time.monotonic()  # the network loop's last turn
+        self.client = self._build_client()
+
+    # -- set-up ----------------------------------------------------------------
+    def _build_client(self) -> mqtt.Client:
+        m = self.settings.mqtt
+        v5 = m.protocol == 5
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.settings.client_id,
+                             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+                             clean_session=None if v5 else True)
+        if m.tls:
+            context = ssl.create_default_context(cafile=str(m.ca_file) if m.ca_file else None)
+            if m.cert_file:
+                context.load_cert_chain(str(m.cert_file), str(m.key_file) if m.key_file else None)
+            if m.tls_insecure:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            client.tls_set_context(context)
+            client.tls_insecure_set(m.tls_insecure)
+        if m.username is not None:
+            password = None
+            if m.password is not None:
+                password = m.password.get_secret_value()
+            elif m.password_file is not None:
+                password = m.password_file.read_text().strip()
+            client.username_pw_set(m.username, password)
+        # paho keeps 20 QoS 1 messages in flight: mosquitto's default receive maximum
+        client.max_queued_messages_set(0)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        client.on_socket_open = self._on_socket_open
+        # We run client.loop() in our own thread; this tells paho not to write
+        # to the socket from the publishing thread but to wake our loop instead.
+        client.on_socket_register_write = lambda *_: None
+        return client
+
+    def status_payload(self, state: str, reason: str | None) -> bytes:
+        return json.dumps({"state": state, "ts": self.clock(), "version": __version__,
+                           "reason": reason}).encode()
+
+    def subscribe(self, suffix: str, handler: Handler) -> None:
+        """Handle messages on ``{base}/{suffix}``; restored on every reconnect."""
+        self._handlers[f"{self.base}/{suffix}"] = handler
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self) -> None:
+        for name, target in (("mqtt-net", self._net), ("mqtt-pump", self._pump), ("mqtt-inbox", self._run_inbox)):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self, drain_s: float) -> bool:
+        """Publish ``offline``/``shutdown``, drain the outbox up to ``drain_s``, disconnect.
+        Returns whether the outbox was emptied."""
+        deadline = time.monotonic() + drain_s
+        info = None
+        if self.connected:
+            info = self.client.publish(self.status_topic, self.status_payload("offline", "shutdown"), 1, True)
+        while time.monotonic() < deadline and self.connected and (self.outbox.depth or self._in_flight):
+            self._wake.set()
+            time.sleep(0.02)
+        drained = self.outbox.depth == 0
+        if info is not None and self.connected:
+            try:
+                info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+            except (RuntimeError, ValueError):
+                pass
+        self._stopping.set()
+        self._wake.set()
+        self._inbox.put(None)
+        props = None
+        if self.settings.mqtt.protocol == 5:
+            props = Properties(PacketTypes.DISCONNECT)
+        self.client.disconnect(properties=props)
+        for t in self._threads:
+            t.join(timeout=5)
+        self.client.loop(0.01) if self.client.is_connected() else None
+        return drained
+
+    # -- network thread ------------------------------------------------------
+    def _connect_once(self) -> None:
+        m = self.settings.mqtt
+        self.client.will_set(self.status_topic, self.status_payload("offline", "connection-lost"), 1, True)
+        if self.connects == 0 and not self.client.host:
+            self.client.connect(m.host, m.effective_port, m.keepalive_s,
+                                clean_start=True if m.protocol == 5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY)
+        else:
+            self.client.reconnect()
+
+    def _net(self) -> None:
+        socket_up = False
+        failures = 0
+        while not self._stopping.is_set():
+            self.heartbeat = time.monotonic()
+            if not socket_up:
+                try:
+                    self._connect_once()
+                    socket_up = True
+                except (OSError, ValueError, ssl.SSLError) as e:
+                    failures += 1
+                    if failures == 1 or failures % 20 == 0:
+                        log.warning("MQTT broker %s:%s not reachable (%s); retrying",
+                                    self.settings.mqtt.host, self.settings.mqtt.effective_port, e)
+                    self._backoff()
+                    continue
+            try:
+                rc = self.client.loop(timeout=0.2)
+            except Exception:  # a bug in a callback must not end the network thread
+                log.exception("MQTT network loop error")
+                rc = MQTTErrorCode.MQTT_ERR_UNKNOWN
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                socket_up = False
+                self._connected.clear()
+                if not self._stopping.is_set():
+                    self._backoff()
+
+    def _backoff(self) -> None:
+        delay = self._delay * random.uniform(0.5, 1.5)  # jitter: halls must not reconnect in lock-step
+        self._delay = min(self._delay * 2, self.max_delay)
+        self._stopping.wait(delay)
+
+    def _on_socket_open(self, client, userdata, sock) -> None:
+        try:  # no Nagle: an alarm must not wait for the previous segment's ACK
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.error("MQTT broker refused the connection: %s", reason_code)
+            return
+        self.connects += 1
+        self._delay = self.min_delay
+        client.publish(self.status_topic, self.status_payload("online", None), 1, True)
+        for topic in self._handlers:
+            client.subscribe(topic, qos=1)
+        log.info("connected to MQTT broker %s:%s (%s)", self.settings.mqtt.host,
+                 self.settings.mqtt.effective_port, "reconnect" if self.connects > 1 else "first connect")
+        self._connected.set()
+        self._wake.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        was = self._connected.is_set()
+        self._connected.clear()
+        self._wake.set()
+        if was and not self._stopping.is_set():
+            log.warning("MQTT connection lost: %s", reason_code)
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        self._acks.append(mid)
+        self._wake.set()
+
+    def _on_message(self, client, userdata, message) -> None:
+        props = getattr(message, "properties", None)
+        item = Incoming(message.topic, bytes(message.payload),
+                        getattr(props, "ResponseTopic", None) if props else None,
+                        getattr(props, "CorrelationData", None) if props else None)
+        try:
+            self._inbox.put_nowait(item)
+        except queue.Full:
+            log.warning("inbox full: dropped a message on %s", message.topic)
+
+    # -- pump thread -----------------------------------------------------------
+    def _pump(self) -> None:
+        last_sync = time.monotonic()
+        was_connected = False
+        while not self._stopping.is_set():
+            self._wake.wait(0.5)
+            self._wake.clear()
+            try:
+                self._settle_acks()
+                connected = self.connected
+                if connected and not was_connected:
+                    self._requeue_lost_qos0()
+                was_connected = connected
+                if connected:
+                    self._hand_over()
+                if time.monotonic() - last_sync >= 1.0:
+                    self.outbox.sync()
+                    last_sync = time.monotonic()
+            except Exception:  # the pump must survive anything one message can do
+                log.exception("outbox pump error")
+                self._stopping.wait(1.0)
+
+    def _settle_acks(self) -> None:
+        done = []
+        while self._acks:
+            row = self._in_flight.pop(self._acks.popleft(), None)
+            if row is not None:
+                done.append(row.pos)
+        self.outbox.done(done)
+
+    def _requeue_lost_qos0(self) -> None:
+        # paho forgets QoS 0 packets not yet written when the socket closes
+        lost = [mid for mid, row in self._in_flight.items() if row.qos == 0]
+        self._retry = [self._in_flight.pop(mid) for mid in lost] + self._retry
+
+    def _hand_over(self) -> None:
+        while self.connected and len(self._in_flight) < self.window:
+            if self._retry:
+                rows, self._retry = self._retry, []
+            else:
+                rows = self.outbox.take(min(100, self.window - len(self._in_flight)))
+            if not rows:
+                return
+            for i, row in enumerate(rows):
+                info = self.client.publish(row.topic, row.payload, row.qos, row.retain)
+                held = info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS or (
+                    row.qos > 0 and info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN)
+                if not held:  # paho did not keep it: offer it again after reconnect
+                    self._retry = rows[i:] + self._retry
+                    return
+                self._in_flight[info.mid] = row
+
+    # -- inbox thread ------------------------------------------------------------
+    def _run_inbox(self) -> None:
+        while True:
+            item = self._inbox.get()
+            if item is None:
+                return
+            handler = self._handlers.get(item.topic)
+            if handler is None:
+                continue
+            try:
+                handler(item)
+            except Exception:
+                log.exception("handler for %s failed", item.topic)
+
+    def publish_now(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+                    correlation_data: bytes | None = None) -> None:
+        """Publish outside the outbox (command replies): best effort, not persisted."""
+        props = None
+        if correlation_data is not None and self.settings.mqtt.protocol == 5:
+            props = Properties(PacketTypes.PUBLISH)
+            props.CorrelationData = correlation_data
+        self.client.publish(topic, payload, qos, retain, properties=props)

@@ -1,0 +1,269 @@
+"""The durable outbox (SPEC section 6).
+
+Every envelope is committed to SQLite (WAL) with its ``seq`` assigned in the
+same transaction, before anything hands it to MQTT; a row leaves only when
+the link says the broker has it (PUBACK for QoS 1, written for QoS 0).  One
+envelope can have several rows (its routes: ``state/…`` and ``event``) that
+share its seq.  Rows go out in insertion order (``pos``).
+
+Durability policy (``fsync``):
+
+- ``"events"`` (default): readings and health are committed with
+  ``synchronous=NORMAL`` (safe against a crash of the agent, not against a
+  power cut until the next sync); every other envelope is committed with
+  ``synchronous=FULL``, which fsyncs the WAL and with it every earlier
+  commit.  ``sync()`` (called about once a second by the link) makes the
+  NORMAL commits durable too.  A power cut can cost the readings and health
+  envelopes of the last second or so; never an alert, state, check or
+  command event once ``enqueue`` has returned.
+- ``"always"``: every commit fsyncs.  ``"never"``: only ``sync()`` does.
+
+When the rows' payload bytes exceed ``max_bytes`` the oldest readings are
+dropped first, then the oldest health envelopes, down to 90 % of the cap;
+other envelopes are never dropped.  The drop is reported by an
+``outbox-overflow`` agent event naming the count and the seq ranges.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .envelope import DROPPABLE, Envelope
+
+log = logging.getLogger(__name__)
+
+ROW_OVERHEAD = 64  # bytes counted per row besides its payload (topic, columns)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    pos INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER,
+    type TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL,
+    retain INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_type ON outbox(type, pos);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Row:
+    pos: int
+    seq: int | None
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+    @property
+    def size(self) -> int:
+        return len(self.payload) + len(self.topic) + ROW_OVERHEAD
+
+
+@dataclass(frozen=True)
+class Dropped:
+    count: int
+    ranges: list[tuple[int, int]]  # inclusive seq ranges, ascending
+
+    @property
+    def first_seq(self) -> int:
+        return self.ranges[0][0]
+
+    @property
+    def last_seq(self) -> int:
+        return self.ranges[-1][1]
+
+
+def seq_ranges(seqs: list[int]) -> list[tuple[int, int]]:
+    ranges: list[tuple[int, int]] = []
+    for s in sorted(seqs):
+        if ranges and s == ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], s)
+        else:
+            ranges.append((s, s))
+    return ranges
+
+
+class Outbox:
+    def __init__(self, path: str | Path, max_bytes: int = 256 * 1024 * 1024, fsync: str = "events",
+                 on_overflow: Callable[[Dropped], Envelope | None] | None = None):
+        if fsync not in ("events", "always", "never"):
+            raise ValueError(f"fsync policy {fsync!r}")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self.fsync = fsync
+        self.on_overflow = on_overflow
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(SCHEMA)
+        self._sync_mode = ""
+        self._set_sync("NORMAL")
+        self._dirty = False
+        self._next_seq = self._meta("next_seq", 1)
+        self.dropped_total = self._meta("dropped_total", 0)
+        last = self._db.execute("SELECT MAX(seq) FROM outbox").fetchone()[0]
+        if last is not None and last >= self._next_seq:  # belt and braces: never reuse a seq
+            self._next_seq = last + 1
+        self.depth, self.bytes = self._db.execute(
+            f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload) + LENGTH(topic) + {ROW_OVERHEAD}), 0) "
+            "FROM outbox").fetchone()
+        self._cursor = 0           # highest pos handed out by take()
+        self._taken: dict[int, int] = {}  # pos -> size, handed out and not yet done
+        self._closed = False
+
+    # -- writing -------------------------------------------------------------
+    def enqueue(self, env: Envelope) -> int:
+        """Commit the envelope (all its routes) and return its seq."""
+        if not env.routes:
+            raise ValueError(f"envelope {env.type} has no route")
+        with self._lock:
+            seq = self._next_seq
+            payload = env.encode(seq)
+            rows = [(seq, env.type, r.topic, payload, r.qos, int(r.retain)) for r in env.routes]
+            self._commit(rows, durable=self._durable(env.type), next_seq=seq + 1)
+            self._next_seq = seq + 1
+            if self.bytes > self.max_bytes:
+                self._overflow()
+            return seq
+
+    def enqueue_raw(self, topic: str, payload: bytes, qos: int = 1, retain: bool = True) -> None:
+        """A message without an envelope (the empty retained message that clears an alert)."""
+        with self._lock:
+            self._commit([(None, "raw", topic, payload, qos, int(retain))], durable=self.fsync != "never")
+
+    def _durable(self, type_: str) -> bool:
+        return self.fsync == "always" or (self.fsync == "events" and type_ not in DROPPABLE)
+
+    def _commit(self, rows: list[tuple], durable: bool, next_seq: int | None = None) -> None:
+        self._set_sync("FULL" if durable else "NORMAL")
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("INSERT INTO outbox(seq, type, topic, payload, qos, retain) VALUES (?,?,?,?,?,?)", rows)
+            if next_seq is not None:
+                db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('next_seq', ?)", (next_seq,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._dirty = not durable
+        self.depth += len(rows)
+        self.bytes += sum(len(r[3]) + len(r[2]) + ROW_OVERHEAD for r in rows)
+
+    def _set_sync(self, mode: str) -> None:
+        if mode != self._sync_mode:
+            self._db.execute(f"PRAGMA synchronous={mode}")
+            self._sync_mode = mode
+
+    def _overflow(self) -> None:
+        target = int(self.max_bytes * 0.9)
+        dropped: list[int] = []
+        for type_ in DROPPABLE:
+            while self.bytes > target:
+                rows = self._db.execute(
+                    "SELECT pos, seq, LENGTH(payload) + LENGTH(topic) + ? FROM outbox "
+                    "WHERE type = ? AND pos NOT IN (SELECT value FROM json_each(?)) ORDER BY pos LIMIT 1000",
+                    (ROW_OVERHEAD, type_, _json_list(self._taken))).fetchall()
+                if not rows:
+                    break
+                victims = []
+                for pos, seq, size in rows:
+                    if self.bytes - sum(v[2] for v in victims) <= target:
+                        break
+                    victims.append((pos, seq, size))
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany("DELETE FROM outbox WHERE pos = ?", [(v[0],) for v in victims])
+                self.dropped_total += len(victims)
+                self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('dropped_total', ?)",
+                                 (self.dropped_total,))
+                self._db.execute("COMMIT")
+                self.depth -= len(victims)
+                self.bytes -= sum(v[2] for v in victims)
+                dropped += [v[1] for v in victims]
+        if not dropped:
+            log.warning("outbox over its cap (%d bytes) with nothing left that may be dropped", self.bytes)
+            return
+        info = Dropped(len(dropped), seq_ranges(dropped))
+        log.warning("outbox full: dropped %d envelopes, seq %d..%d", info.count, info.first_seq, info.last_seq)
+        if self.on_overflow is not None:
+            env = self.on_overflow(info)
+            if env is not None:
+                self.enqueue(env)
+
+    # -- reading ---------------------------------------------------------------
+    def take(self, limit: int = 100) -> list[Row]:
+        """The next rows not yet handed out, in order; remembered until ``done`` or ``rewind``."""
+        with self._lock:
+            cur = self._db.execute(
+                "SELECT pos, seq, topic, payload, qos, retain FROM outbox WHERE pos > ? ORDER BY pos LIMIT ?",
+                (self._cursor, limit))
+            rows = [Row(pos, seq, topic, bytes(payload), qos, bool(retain))
+                    for pos, seq, topic, payload, qos, retain in cur]
+            for row in rows:
+                self._taken[row.pos] = row.size
+            if rows:
+                self._cursor = rows[-1].pos
+            return rows
+
+    def done(self, positions: list[int]) -> None:
+        """The broker has these rows: remove them."""
+        with self._lock:
+            known = [p for p in positions if p in self._taken]
+            if not known:
+                return
+            self._set_sync("NORMAL")
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("DELETE FROM outbox WHERE pos = ?", [(p,) for p in known])
+            self._db.execute("COMMIT")
+            self._dirty = True
+            for p in known:
+                self.bytes -= self._taken.pop(p)
+            self.depth -= len(known)
+
+    def rewind(self) -> None:
+        """Forget what was handed out: ``take`` starts again from the oldest row."""
+        with self._lock:
+            self._taken.clear()
+            self._cursor = 0
+
+    def in_flight(self) -> int:
+        return len(self._taken)
+
+    @property
+    def next_seq(self) -> int:
+        return self._next_seq
+
+    def sync(self) -> None:
+        """Make every commit so far durable (fsync the WAL via a passive checkpoint)."""
+        with self._lock:
+            if self._dirty and not self._closed:
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                self._dirty = False
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                self._db.close()
+
+    def _meta(self, key: str, default: int) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+
+def _json_list(taken: dict[int, int]) -> str:
+    return "[" + ",".join(str(p) for p in taken) + "]"
