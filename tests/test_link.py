@@ -1,0 +1,178 @@
+"""The MQTT link against a real mosquitto: status, last will, commands,
+reconnects, and no event lost across broker outages or agent crashes."""
+
+import json
+import time
+
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from hall_agent.agent import Agent
+from hall_agent.config import validate
+from mqtt_helpers import AgentProcess, Recorder, publish, wait_until, write_config
+
+BASE = "halls/zigong/ziliujing/zg-001"
+
+
+def status_is(state, reason=None):
+    def check(rec):
+        s = rec.payloads("/status")
+        return bool(s) and s[-1]["state"] == state and (reason is None or s[-1]["reason"] == reason)
+    return check
+
+
+def seqs_in_order(events):
+    """First appearance of each id, in arrival order; redeliveries keep id and seq."""
+    seen, by_id = [], {}
+    for e in events:
+        if e["id"] in by_id:
+            assert by_id[e["id"]] == e["seq"], "a redelivered envelope changed its seq"
+            continue
+        by_id[e["id"]] = e["seq"]
+        seen.append(e["seq"])
+    return seen
+
+
+@pytest.mark.parametrize("protocol", [5, 311])
+def test_online_commands_and_clean_shutdown(broker, tmp_path, protocol):
+    cfg = write_config(tmp_path / "c.toml", broker.port, tmp_path / "state", f"[agent]\nhealth_interval_s = 1\n")
+    cfg.write_text(cfg.read_text().replace("drain_s = 3", f"drain_s = 3\nprotocol = {protocol}"))
+    rec = Recorder(broker.port, [f"{BASE}/#"])
+    agent = AgentProcess(cfg).start()
+    try:
+        assert rec.wait_for(status_is("online")), agent.output()
+        status = rec.payloads("/status")[-1]
+        assert status["version"] and status["ts"].endswith("+08:00")
+        publish(broker.port, f"{BASE}/cmd", '{"id":"c1","command":"ping"}')
+        publish(broker.port, f"{BASE}/cmd", '{"id":"c2","command":"status"}')
+        publish(broker.port, f"{BASE}/cmd", b"\x00not json")
+        assert rec.wait_for(lambda r: len(r.payloads("/cmd/reply")) == 3)
+        replies = {r["id"]: r for r in rec.payloads("/cmd/reply")}
+        assert replies["c1"]["ok"] and replies["c1"]["result"]["pong"]
+        assert replies["c2"]["result"]["outbox"]["dropped"] == 0 and replies["c2"]["result"]["connected"]
+        assert replies[None]["error"]["code"] == "malformed"
+        assert rec.wait_for(lambda r: len([e for e in r.payloads("/event") if e["type"] == "command"]) == 3)
+        assert rec.wait_for(lambda r: r.payloads("/health")), "no health envelope"
+        h = rec.payloads("/health")[-1]["data"]
+        assert {"uptime_s", "outbox", "cpu_temperature_c", "disk_free_mb", "rss_mb"} <= set(h)
+        assert agent.terminate() == 0
+        assert rec.wait_for(status_is("offline", "shutdown"))
+    finally:
+        agent.kill()
+        rec.close()
+    later = Recorder(broker.port, [f"{BASE}/status"])  # retained for whoever comes later
+    assert later.wait_for(status_is("offline", "shutdown"))
+    later.close()
+
+
+def test_last_will_when_the_agent_dies(broker, tmp_path):
+    cfg = write_config(tmp_path / "c.toml", broker.port, tmp_path / "state")
+    rec = Recorder(broker.port, [f"{BASE}/status"])
+    agent = AgentProcess(cfg).start()
+    try:
+        assert rec.wait_for(status_is("online")), agent.output()
+        agent.kill()
+        assert rec.wait_for(status_is("offline", "connection-lost"))
+    finally:
+        agent.kill()
+        rec.close()
+
+
+def test_mqtt5_response_topic_and_correlation_data(broker, tmp_path):
+    cfg = write_config(tmp_path / "c.toml", broker.port, tmp_path / "state")
+    rec = Recorder(broker.port, [f"{BASE}/status", "central/replies/#"])
+    agent = AgentProcess(cfg).start()
+    try:
+        assert rec.wait_for(status_is("online"))
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = "central/replies/42"
+        props.CorrelationData = b"\x01corr"
+        publish(broker.port, f"{BASE}/cmd", '{"id":"c9","command":"ping"}', properties=props)
+        assert rec.wait_for(lambda r: r.on("central/replies/42"))
+        msg = rec.on("central/replies/42")[0]
+        assert json.loads(msg.payload)["id"] == "c9"
+        assert msg.properties.CorrelationData == b"\x01corr"
+    finally:
+        agent.kill()
+        rec.close()
+
+
+def test_subscriptions_and_online_restored_after_broker_restart(broker, tmp_path):
+    cfg = write_config(tmp_path / "c.toml", broker.port, tmp_path / "state")
+    agent = AgentProcess(cfg).start()
+    rec = Recorder(broker.port, [f"{BASE}/#"], session="central-1")
+    try:
+        assert rec.wait_for(status_is("online"))
+        broker.restart()
+        assert rec.wait_for(lambda r: len([s for s in r.payloads("/status") if s["state"] == "online"]) >= 2, 20)
+        publish(broker.port, f"{BASE}/cmd", '{"id":"after-restart","command":"ping"}')
+        assert rec.wait_for(lambda r: any(x["id"] == "after-restart" for x in r.payloads("/cmd/reply")), 10)
+    finally:
+        agent.kill()
+        rec.close()
+
+
+def agent_settings(port, state, **extra):
+    data = {"hall": {"id": "zg-001", "city": "zigong", "branch": "ziliujing"},
+            "mqtt": {"host": "127.0.0.1", "port": port, "drain_s": 2}, "storage": {"dir": str(state)}}
+    for section, values in extra.items():
+        data.setdefault(section, {}).update(values)
+    return validate(data)
+
+
+def test_broker_outage_loses_nothing_and_keeps_order(broker, tmp_path):
+    rec = Recorder(broker.port, [f"{BASE}/event"], session="central-2")
+    agent = Agent(agent_settings(broker.port, tmp_path / "state"))
+    agent.start()
+    try:
+        assert wait_until(lambda: agent.link.connected)
+        for i in range(50):
+            agent.emit(agent.events.agent("test", {"n": i}))
+        broker.stop()
+        assert wait_until(lambda: not agent.link.connected)
+        for i in range(50, 250):  # created while the broker is away
+            agent.emit(agent.events.agent("test", {"n": i}))
+        time.sleep(2)
+        broker.start()
+        assert rec.wait_for(lambda r: len({e["id"] for e in r.payloads("/event")}) >= 251, 30), \
+            f"got {len(rec.payloads('/event'))}"
+        seqs = seqs_in_order(rec.payloads("/event"))
+        assert seqs == list(range(1, 252))  # started event + 250, in order, no gap
+        ns = [e["data"]["n"] for e in rec.payloads("/event") if e["data"].get("event") == "test"]
+        assert sorted(set(ns)) == list(range(250))
+        assert wait_until(lambda: agent.outbox.depth == 0)
+    finally:
+        agent.stop()
+        rec.close()
+
+
+def test_sigkill_mid_stream_loses_nothing_committed(broker, tmp_path):
+    cfg = write_config(tmp_path / "c.toml", broker.port, tmp_path / "state")
+    rec = Recorder(broker.port, [f"{BASE}/event", f"{BASE}/status"], session="central-3")
+    agent = AgentProcess(cfg).start()
+    try:
+        assert rec.wait_for(status_is("online"))
+        from mqtt_helpers import publish as pub
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+        sender = mqtt.Client(CallbackAPIVersion.VERSION2)
+        sender.connect("127.0.0.1", broker.port)
+        sender.loop_start()
+        for i in range(400):
+            sender.publish(f"{BASE}/cmd", json.dumps({"id": f"k{i}", "command": "ping"}), qos=1)
+        assert rec.wait_for(lambda r: len(r.payloads("/event")) >= 60, 20)
+        agent.kill()  # SIGKILL, mid-stream
+        sender.loop_stop()
+        sender.disconnect()
+        agent = AgentProcess(cfg).start()
+        assert rec.wait_for(lambda r: len([s for s in r.payloads("/status") if s["state"] == "online"]) >= 2, 20)
+        pub(broker.port, f"{BASE}/cmd", '{"id":"final","command":"ping"}')
+        assert rec.wait_for(lambda r: any(e["data"].get("id") == "final" for e in r.payloads("/event")), 20)
+        seqs = seqs_in_order(rec.payloads("/event"))
+        assert seqs == list(range(1, max(seqs) + 1)), "a committed event was lost or a seq reused"
+        started = [e for e in rec.payloads("/event") if e["data"].get("event") == "started"]
+        assert len(started) == 2 and started[1]["seq"] > started[0]["seq"]
+    finally:
+        agent.kill()
+        rec.close()
