@@ -92,6 +92,11 @@ class Agent:
 
     # -- running ------------------------------------------------------------------
     def start(self) -> None:
+        s = self.settings
+        pending = [f"{len(getattr(s, t))} {t}" for t in ("sensors", "inputs", "printers", "equipment")
+                   if getattr(s, t)]
+        if pending:
+            log.warning("configured but not yet driven by this version: %s", ", ".join(pending))
         self.link.start()
         self.emit(self.events.agent("started", {"version": __version__, "simulate": self.simulate,
                                                 "outbox_depth": self.outbox.depth}))

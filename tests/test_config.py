@@ -156,6 +156,28 @@ relay_pin = "BCM17"
                   "equipment[0].relay_pin: pin BCM17 is already used by inputs[0].pin"]
 
 
+def test_two_parts_at_one_i2c_address(tmp_path):
+    ps = problems(tmp_path, HALL + """
+[[sensors]]
+id = "a"
+driver = "sht3x"
+[[sensors]]
+id = "b"
+driver = "sht4x"
+[[sensors]]
+id = "c"
+driver = "sht4x"
+bus = 3
+""")
+    assert ps == ["sensors[1].address: bus 1 address 0x44 is already used by sensors[0]"]
+
+
+def test_example_config_is_valid():
+    from pathlib import Path
+    s = load(Path(__file__).parent.parent / "deploy" / "config.example.toml")
+    assert len(s.sensors) == 6 and len(s.inputs) == 5 and len(s.equipment) == 3
+
+
 def test_driver_requirements_and_references(tmp_path):
     ps = problems(tmp_path, HALL + """
 [[sensors]]

@@ -79,6 +79,7 @@ def _unique_pins(s: Settings) -> list[Problem]:
 
 def _sensor_options(s: Settings) -> list[Problem]:
     problems = []
+    i2c_seen: dict[tuple, str] = {}
     for i, sensor in enumerate(s.sensors):
         path = f"sensors[{i}]"
         if sensor.driver in SERIAL_DRIVERS and not sensor.port:
@@ -88,6 +89,12 @@ def _sensor_options(s: Settings) -> list[Problem]:
                 problems.append((f"{path}.device", "required by driver 'ds18b20' (the 28-… id under w1_root)"))
             elif not re.fullmatch(r"28-[0-9a-f]{12}", sensor.device):
                 problems.append((f"{path}.device", f"{sensor.device!r} is not a DS18B20 id such as 28-0316a2791eff"))
+        if sensor.driver in I2C_DRIVERS:
+            where = (sensor.bus, sensor.address)
+            if where in i2c_seen:
+                problems.append((f"{path}.address", f"bus {sensor.bus} address {sensor.address:#04x} "
+                                                    f"is already used by {i2c_seen[where]}"))
+            i2c_seen.setdefault(where, path)
         if sensor.driver not in I2C_DRIVERS and "address" in sensor.model_fields_set:
             problems.append((f"{path}.address", f"driver {sensor.driver!r} is not an I2C part; remove address"))
         if sensor.driver not in SERIAL_DRIVERS and sensor.port:
