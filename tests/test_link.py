@@ -176,3 +176,36 @@ def test_sigkill_mid_stream_loses_nothing_committed(broker, tmp_path):
     finally:
         agent.kill()
         rec.close()
+
+
+def test_boots_without_a_broker_and_delivers_when_it_appears(broker, tmp_path):
+    rec = Recorder(broker.port, [f"{BASE}/event"], session="central-late")
+    broker.stop()  # the central server's session is kept; the hall boots into an outage
+    agent = Agent(agent_settings(broker.port, tmp_path / "state"))
+    agent.link.max_delay = 1.0
+    agent.start()
+    try:
+        for i in range(20):
+            agent.emit(agent.events.agent("while-offline", {"n": i}))
+        out = agent.dispatcher.handle(b'{"id":"local","command":"status"}')
+        assert out.reply["result"]["connected"] is False and out.reply["result"]["outbox"]["depth"] == 21
+        time.sleep(1.5)
+        broker.start()
+        assert rec.wait_for(lambda r: len({e["id"] for e in r.payloads("/event")}) >= 21, 20)
+        assert seqs_in_order(rec.payloads("/event")) == list(range(1, 22))
+    finally:
+        agent.stop()
+        rec.close()
+
+
+def test_reconnect_backoff_grows_with_jitter_and_caps(tmp_path):
+    agent = Agent(agent_settings(1, tmp_path / "state"))
+    link = agent.link
+    waits = []
+    link._stopping.wait = lambda d: waits.append(d)  # record instead of sleeping
+    for _ in range(12):
+        link._backoff()
+    assert link.min_delay * 0.5 <= waits[0] <= link.min_delay * 1.5
+    assert all(w <= link.max_delay * 1.5 for w in waits) and waits[-1] >= link.max_delay * 0.5
+    assert len(set(round(w, 6) for w in waits)) > 6  # jittered, not lock-step
+    agent.outbox.close()

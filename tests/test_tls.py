@@ -65,3 +65,69 @@ def test_tls_hostname_mismatch_is_refused_unless_insecure(tls_broker, tmp_path):
         assert wait_until(lambda: agent.link.connected, 10)
     finally:
         agent.stop()
+
+
+@pytest.fixture
+def pki(tmp_path):
+    d = tmp_path / "pki2"
+    d.mkdir()
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+            "-keyout", "ca.key", "-out", "ca.crt", cwd=d)
+    (d / "ext.cnf").write_text("subjectAltName=DNS:localhost\n")
+    for name in ("server", "zg-001"):
+        cn = "localhost" if name == "server" else name
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-keyout", f"{name}.key",
+                "-out", f"{name}.csr", cwd=d)
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                "-days", "2", "-extfile", "ext.cnf", "-out", f"{name}.crt", cwd=d)
+    return d
+
+
+def test_client_certificate_required_by_broker(pki, tmp_path):
+    port = free_port()
+    broker = Broker(tmp_path / "broker-mtls", extra_conf=(
+        f"listener {port} 127.0.0.1\nallow_anonymous false\nrequire_certificate true\n"
+        f"use_identity_as_username true\n"
+        f"cafile {pki}/ca.crt\ncertfile {pki}/server.crt\nkeyfile {pki}/server.key\n"))
+    broker.port = port
+    broker.start()
+    try:
+        for with_cert, expect in ((False, False), (True, True)):
+            mqtt = {"host": "localhost", "port": port, "tls": True, "ca_file": str(pki / "ca.crt"), "drain_s": 1}
+            if with_cert:
+                mqtt.update(cert_file=str(pki / "zg-001.crt"), key_file=str(pki / "zg-001.key"))
+            agent = Agent(validate({"hall": {"id": "zg-001", "city": "zigong", "branch": "ziliujing"},
+                                    "mqtt": mqtt, "storage": {"dir": str(tmp_path / f"s{with_cert}")}}))
+            agent.start()
+            try:
+                assert wait_until(lambda: agent.link.connected, 2.5 if not expect else 10) is expect
+            finally:
+                agent.stop()
+    finally:
+        broker.stop()
+
+
+def test_password_file_authenticates(tmp_path):
+    pw = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(pw), "zg-001", "right-pw"], check=True, capture_output=True)
+    port = free_port()
+    broker = Broker(tmp_path / "broker-auth", extra_conf=(
+        f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {pw}\n"))
+    broker.port = port
+    broker.start()
+    try:
+        for secret, expect in (("wrong-pw", False), ("right-pw", True)):
+            f = tmp_path / f"secret-{secret}"
+            f.write_text(secret + "\n")
+            f.chmod(0o600)
+            agent = Agent(validate({"hall": {"id": "zg-001", "city": "zigong", "branch": "ziliujing"},
+                                    "mqtt": {"host": "127.0.0.1", "port": port, "username": "zg-001",
+                                             "password_file": str(f), "drain_s": 1},
+                                    "storage": {"dir": str(tmp_path / f"s-{secret}")}}))
+            agent.start()
+            try:
+                assert wait_until(lambda: agent.link.connected, 2.5 if not expect else 10) is expect
+            finally:
+                agent.stop()
+    finally:
+        broker.stop()
