@@ -15,8 +15,11 @@ from . import __version__, health
 from .commands import Dispatcher
 from .config import Settings
 from .envelope import Envelope, Events, Moment
+from .hardware import Hardware
 from .link import Incoming, Link
 from .outbox import Dropped, Outbox
+from .sensors import SensorError
+from .sensors.loop import SensorLoop
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +54,46 @@ class Agent:
         self.dispatcher.register("ping", lambda args: {"pong": True, "version": __version__})
         self.dispatcher.register("status", lambda args: self.status())
         self.link.subscribe("cmd", self._on_command)
-        self.sensor_health: dict[str, str] = {}
         self.status_providers: dict[str, Callable[[], Any]] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        if simulate:
+            from .simulation import Simulation
+            self.hardware: Hardware = Simulation(settings, self.state_dir)
+            self.link.subscribe("sim/sensor/+", self._on_sim_sensor)
+        else:
+            self.hardware = Hardware(settings, self.state_dir)
+        self.sensors = SensorLoop(self.hardware.sensor_specs(), self._on_reading, self._on_sensor_fault,
+                                  self._on_sensor_recover)
+        self.status_providers["sensors"] = self._sensor_status
+
+    # -- sensors ------------------------------------------------------------------
+    @property
+    def sensor_health(self) -> dict[str, str]:
+        return self.sensors.states()
+
+    def _on_reading(self, sensor_id: str, model: str, values: dict[str, float]) -> None:
+        self.emit(self.events.reading(sensor_id, model, values))
+
+    def _on_sensor_fault(self, sensor_id: str, error: SensorError, failures: int) -> None:
+        self.emit(self.events.agent("sensor-fault", {
+            "sensor": sensor_id, "kind": error.kind, "reason": error.reason, "failures": failures,
+        }, severity="warning", moment=Moment("system", 2), source=sensor_id))
+
+    def _on_sensor_recover(self, sensor_id: str) -> None:
+        self.emit(self.events.agent("sensor-recovered", {"sensor": sensor_id}, moment=Moment("system", 2),
+                                    source=sensor_id))
+
+    def _sensor_status(self) -> dict[str, Any]:
+        return {sid: {"state": r.state, "failures": r.failures,
+                      "error": r.last_error.reason if r.last_error else None, "values": r.last_values}
+                for sid, r in self.sensors.runners.items()}
+
+    def _on_sim_sensor(self, msg: Incoming) -> None:
+        sensor_id = msg.topic.rsplit("/", 1)[-1]
+        problem = self.hardware.control_sensor(sensor_id, msg.payload)
+        if problem:
+            log.warning("sim/sensor/%s: %s", sensor_id, problem)
 
     # -- events -------------------------------------------------------------------
     def emit(self, env: Envelope) -> int:
@@ -93,13 +132,14 @@ class Agent:
     # -- running ------------------------------------------------------------------
     def start(self) -> None:
         s = self.settings
-        pending = [f"{len(getattr(s, t))} {t}" for t in ("sensors", "inputs", "printers", "equipment")
+        pending = [f"{len(getattr(s, t))} {t}" for t in ("inputs", "printers", "equipment")
                    if getattr(s, t)]
         if pending:
             log.warning("configured but not yet driven by this version: %s", ", ".join(pending))
         self.link.start()
         self.emit(self.events.agent("started", {"version": __version__, "simulate": self.simulate,
                                                 "outbox_depth": self.outbox.depth}))
+        self.sensors.start()
         t = threading.Thread(target=self._health_loop, name="health", daemon=True)
         t.start()
         self._threads.append(t)
@@ -134,9 +174,11 @@ class Agent:
             self.emit(self.events.agent("stopping", {"reason": "shutdown"}))
         except Exception:
             log.exception("could not record the stop")
+        self.sensors.stop()
         drained = self.link.stop(self.settings.mqtt.drain_s)
         if not drained:
             log.warning("stopped with %d messages still in the outbox; they are sent on the next start",
                         self.outbox.depth)
         self.outbox.close()
+        self.hardware.close()
         log.info("hall-agent stopped")

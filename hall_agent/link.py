@@ -117,7 +117,7 @@ class Link:
                            "reason": reason}).encode()
 
     def subscribe(self, suffix: str, handler: Handler) -> None:
-        """Handle messages on ``{base}/{suffix}``; restored on every reconnect."""
+        """Handle messages on ``{base}/{suffix}`` (wildcards allowed); restored on every reconnect."""
         self._handlers[f"{self.base}/{suffix}"] = handler
 
     @property
@@ -300,7 +300,8 @@ class Link:
             item = self._inbox.get()
             if item is None:
                 return
-            handler = self._handlers.get(item.topic)
+            handler = self._handlers.get(item.topic) or next(
+                (h for f, h in self._handlers.items() if mqtt.topic_matches_sub(f, item.topic)), None)
             if handler is None:
                 continue
             try:

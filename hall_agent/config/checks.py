@@ -97,6 +97,9 @@ def _sensor_options(s: Settings) -> list[Problem]:
             i2c_seen.setdefault(where, path)
         if sensor.driver not in I2C_DRIVERS and "address" in sensor.model_fields_set:
             problems.append((f"{path}.address", f"driver {sensor.driver!r} is not an I2C part; remove address"))
+        for key in ("altitude_m", "pressure_hpa"):
+            if getattr(sensor, key) is not None and sensor.driver != "scd4x":
+                problems.append((f"{path}.{key}", "only the scd4x driver takes this setting"))
         if sensor.driver not in SERIAL_DRIVERS and sensor.port:
             problems.append((f"{path}.port", f"driver {sensor.driver!r} is not a serial part; remove port"))
     return problems

@@ -225,6 +225,9 @@ class SensorConfig(Section):
     w1_root: Path = Path("/sys/bus/w1/devices")
     interval_s: float = Field(default=30.0, ge=0.1)
     fault_after: int = Field(default=3, ge=1)
+    # SCD4x compensation (datasheet 3.6): altitude above sea level, or ambient pressure
+    altitude_m: int | None = Field(default=None, ge=0, le=3000)
+    pressure_hpa: float | None = Field(default=None, ge=700, le=1200)
 
     _id = field_validator("id")(check_id)
 

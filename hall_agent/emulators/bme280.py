@@ -108,8 +108,8 @@ class BME280Chip(EmulatedChip):
 
     def _convert(self) -> None:
         adc_t, adc_p, adc_h = self.raw()
-        if self.fault == "crc":  # corrupted data: a stuck bit in the temperature MSB
-            adc_t ^= 0x40000
+        if self.fault == "crc":  # no CRC on this part: a failed conversion leaves the reset values
+            adc_t, adc_p, adc_h = 0x80000, 0x80000, 0x8000
         self.regs[0xF7:0xFF] = bytes([adc_p >> 12 & 0xFF, adc_p >> 4 & 0xFF, (adc_p & 0x0F) << 4,
                                       adc_t >> 12 & 0xFF, adc_t >> 4 & 0xFF, (adc_t & 0x0F) << 4,
                                       adc_h >> 8, adc_h & 0xFF])

@@ -95,10 +95,11 @@ class SCD4xChip(SensirionChip):
     IDLE_ONLY = {0x2427, 0x241D, 0x3646}
 
     def __init__(self, co2_ppm: float = 600, temperature_c: float = 23.0, humidity_pct: float = 45.0,
-                 period_s: float = 5.0, clock=time.monotonic):
+                 period_s: float = 5.0, stop_s: float = 0.5, clock=time.monotonic):
         super().__init__(clock)
         self.values = {"co2_ppm": co2_ppm, "temperature_c": temperature_c, "humidity_pct": humidity_pct}
         self.period_s = period_s
+        self.stop_s = stop_s
         self.periodic = False
         self.busy_until = 0.0
         self.next_at = 0.0
@@ -132,7 +133,7 @@ class SCD4xChip(SensirionChip):
             self.next_at = self.clock() + self.period_s
         elif cmd == 0x3F86:
             self.periodic = False
-            self.busy_until = self.clock() + 0.5 * (self.period_s / 5.0)
+            self.busy_until = self.clock() + self.stop_s
         elif cmd == 0xE4B8:
             return [0x8006 if self.buffer is not None else 0x8000]
         elif cmd == 0xEC05:

@@ -1,0 +1,171 @@
+"""The sensor loop: every sensor read on its own rhythm, in its own thread,
+each read bounded by a timeout, failures counted into a fault and a recovery.
+
+Nothing here touches MQTT or disk: results go to the callbacks given.
+A read that hangs (a stuck bus, a blocked tty) is abandoned after
+``timeout_s``: its worker thread is left to finish, and no new read of that
+sensor starts until it has, each missed turn counting as a failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Callable
+
+from .base import Sensor, SensorError, SensorTimeout
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SensorSpec:
+    id: str
+    model: str
+    interval_s: float
+    fault_after: int
+    factory: Callable[[], Sensor]
+    sample_s: float | None = None
+    timeout_s: float | None = None
+
+    @property
+    def period(self) -> float:
+        return min(self.sample_s, self.interval_s) if self.sample_s else self.interval_s
+
+    @property
+    def read_timeout(self) -> float:
+        return self.timeout_s or max(2.0, min(self.period, 15.0))
+
+
+class SensorRunner:
+    """One sensor: its thread, its driver instance, its failure count."""
+
+    def __init__(self, spec: SensorSpec, on_reading, on_fault, on_recover, clock=time.monotonic):
+        self.spec = spec
+        self.on_reading, self.on_fault, self.on_recover = on_reading, on_fault, on_recover
+        self.clock = clock
+        self.sensor: Sensor | None = None
+        self.failures = 0
+        self.faulted = False
+        self.last_error: SensorError | None = None
+        self.last_values: dict[str, float] | None = None
+        self.reads = 0
+        self._pending: Future | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"read-{spec.id}")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"sensor-{spec.id}", daemon=True)
+        self.heartbeat = clock()
+
+    @property
+    def state(self) -> str:
+        return "fault" if self.faulted else "ok"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.spec.read_timeout + 1)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self.sensor is not None and (self._pending is None or self._pending.done()):
+            try:
+                self.sensor.close()
+            except Exception:
+                pass
+
+    def _read(self) -> dict[str, float]:
+        if self.sensor is None:
+            self.sensor = self.spec.factory()
+            self.sensor.start()
+        return self.sensor.read()
+
+    def read_once(self) -> dict[str, float] | None:
+        """One turn: read (bounded), then count the result. Returns the values or None."""
+        spec = self.spec
+        if self._pending is not None and not self._pending.done():
+            self._failed(SensorTimeout(f"{spec.model}: previous read still running after "
+                                       f"{spec.read_timeout:g} s (bus or port hung)"))
+            return None
+        self._pending = self._executor.submit(self._read)
+        try:
+            values = self._pending.result(timeout=spec.read_timeout)
+        except FutureTimeout:
+            self._failed(SensorTimeout(f"{spec.model}: read took longer than {spec.read_timeout:g} s"))
+            return None
+        except SensorError as e:
+            self._failed(e)
+            return None
+        except Exception as e:  # a driver bug is a fault of this sensor, not of the agent
+            log.exception("sensor %s: driver error", spec.id)
+            self._failed(SensorError(f"{spec.model}: driver error {type(e).__name__}: {e}"))
+            return None
+        self.reads += 1
+        self.last_values = values
+        self.failures = 0
+        self.last_error = None
+        if self.faulted:
+            self.faulted = False
+            self.on_recover(spec.id)
+        return values
+
+    def _failed(self, error: SensorError) -> None:
+        self.failures += 1
+        self.last_error = error
+        log.debug("sensor %s: %s (%d in a row)", self.spec.id, error.reason, self.failures)
+        if self.failures == self.spec.fault_after and not self.faulted:
+            self.faulted = True
+            log.warning("sensor %s fault after %d failed reads: %s", self.spec.id, self.failures, error.reason)
+            self.on_fault(self.spec.id, error, self.failures)
+            self._reset_driver()
+
+    def _reset_driver(self) -> None:
+        """Start the part afresh on the next turn (it may have lost power or its mode)."""
+        if self.sensor is not None and (self._pending is None or self._pending.done()):
+            try:
+                self.sensor.close()
+            except Exception:
+                pass
+            self.sensor = None
+
+    def _run(self) -> None:
+        spec = self.spec
+        next_read = self.clock()
+        next_publish = self.clock()
+        latest: dict[str, float] | None = None
+        while not self._stop.is_set():
+            delay = next_read - self.clock()
+            if delay > 0 and self._stop.wait(delay):
+                return
+            self.heartbeat = self.clock()
+            next_read += spec.period
+            if next_read < self.clock():  # a slow read: do not try to catch up
+                next_read = self.clock() + spec.period
+            values = self.read_once()
+            if values is not None:
+                latest = values
+            if latest is not None and self.clock() >= next_publish - 1e-3:
+                self.on_reading(spec.id, spec.model, latest)
+                latest = None
+                next_publish = self.clock() + spec.interval_s
+
+
+class SensorLoop:
+    def __init__(self, specs: list[SensorSpec], on_reading: Callable[[str, str, dict], None],
+                 on_fault: Callable[[str, SensorError, int], None], on_recover: Callable[[str], None]):
+        self.runners = {s.id: SensorRunner(s, on_reading, on_fault, on_recover) for s in specs}
+
+    def start(self) -> None:
+        for r in self.runners.values():
+            r.start()
+
+    def stop(self) -> None:
+        for r in self.runners.values():
+            r._stop.set()
+        for r in self.runners.values():
+            r.stop()
+
+    def states(self) -> dict[str, str]:
+        return {sid: r.state for sid, r in self.runners.items()}

@@ -1,0 +1,123 @@
+"""``--simulate``: the same agent against emulated parts (SPEC section 9).
+
+Every configured sensor gets its byte-level emulator: I2C chips on an
+emulated bus per bus number, serial parts behind ptys, DS18B20s as w1
+folders. The real drivers read them. Control topics under the hall's base:
+
+- ``sim/sensor/{sensor_id}``: ``{"co2_ppm": 1800}`` (values in the envelope's
+  units) or ``{"fault": "absent"|"crc"|null}``.
+
+``HALL_AGENT_SIM_FAST=1`` shortens the parts' own rhythms (SCD4x period,
+SGP30 warm-up) for tests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .config import Settings
+from .config.models import SensorConfig
+from .emulators.bme280 import BME280Chip
+from .emulators.i2c import EmulatedI2CBus
+from .emulators.pms import PMS5003Device
+from .emulators.sensirion import SCD4xChip, SGP30Chip, SHT3xChip, SHT4xChip
+from .emulators.w1 import DS18B20Files
+from .emulators.winsen import MHZ19Device, ZE08Device
+from .hardware import Hardware
+
+log = logging.getLogger(__name__)
+
+
+class Simulation(Hardware):
+    def __init__(self, settings: Settings, state_dir: Path):
+        super().__init__(settings, state_dir)
+        self.fast = os.environ.get("HALL_AGENT_SIM_FAST") == "1"
+        self.tmp = Path(tempfile.mkdtemp(prefix="hall-agent-sim-"))
+        self.emulated_buses: dict[int, EmulatedI2CBus] = {}
+        self.devices: dict[str, Any] = {}  # sensor id -> emulator
+        for cfg in settings.sensors:
+            self.devices[cfg.id] = self._emulator(cfg)
+
+    def _emulator(self, cfg: SensorConfig) -> Any:
+        fast = self.fast
+        if cfg.driver in ("sht3x", "sht4x", "scd4x", "sgp30", "bme280"):
+            chip = {"sht3x": lambda: SHT3xChip(), "sht4x": lambda: SHT4xChip(),
+                    "scd4x": lambda: SCD4xChip(period_s=0.5 if fast else 5.0, stop_s=0.02 if fast else 0.5),
+                    "sgp30": lambda: SGP30Chip(warmup_s=0 if fast else 15.0),
+                    "bme280": lambda: BME280Chip()}[cfg.driver]()
+            bus = self.emulated_buses.setdefault(cfg.bus, EmulatedI2CBus(cfg.bus))
+            return bus.attach(cfg.address, chip)
+        link_dir = self.tmp / "tty"
+        if cfg.driver == "mhz19":
+            return MHZ19Device(name=cfg.id, link_dir=link_dir)
+        if cfg.driver == "pms5003":
+            return PMS5003Device(name=cfg.id, link_dir=link_dir, period_s=0.3 if fast else 0.8)
+        if cfg.driver == "ze08":
+            return ZE08Device(name=cfg.id, link_dir=link_dir, period_s=0.3 if fast else 1.0)
+        return DS18B20Files(self.tmp / "w1", device=cfg.device)
+
+    # -- where the drivers look ------------------------------------------------------
+    def i2c_bus(self, number: int) -> Any:
+        return self.emulated_buses[number]
+
+    def serial_port(self, part_id: str, port: str) -> str:
+        return self.devices[part_id].port
+
+    def w1_root(self, cfg: SensorConfig) -> Path:
+        return self.tmp / "w1"
+
+    def sensor_options(self, cfg: SensorConfig) -> dict[str, Any]:
+        options = super().sensor_options(cfg)
+        if cfg.driver == "scd4x" and self.fast:
+            options.update(stop_wait_s=0.05, poll_s=0.05)
+        return options
+
+    # -- control --------------------------------------------------------------------
+    def control_sensor(self, sensor_id: str, payload: bytes) -> str | None:
+        """Apply a ``sim/sensor/{id}`` message; returns an error text or None."""
+        device = self.devices.get(sensor_id)
+        if device is None:
+            return f"no simulated sensor {sensor_id!r}"
+        try:
+            doc = json.loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            return "payload is not JSON"
+        if not isinstance(doc, dict):
+            return "payload must be a JSON object"
+        if "fault" in doc:
+            self._set_fault(device, doc.pop("fault"))
+        values = {k: v for k, v in doc.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        unknown = set(doc) - set(values) | (set(values) - set(device.values))
+        for key in set(values) - set(device.values):
+            values.pop(key)
+        device.set(**values)
+        return f"ignored {', '.join(sorted(unknown))}" if unknown else None
+
+    @staticmethod
+    def _set_fault(device: Any, fault: Any) -> None:
+        if fault not in (None, "absent", "crc"):
+            raise_fault = str(fault)
+            log.warning("sim: unknown fault %r (use absent, crc or null)", raise_fault)
+            return
+        if hasattr(device, "unplug"):  # serial part
+            if fault == "absent":
+                device.unplug()
+            else:
+                device.replug()
+                device.fault = "checksum" if fault == "crc" else None
+        elif isinstance(device, DS18B20Files):
+            device.fault = fault
+            device.write()
+        else:
+            device.fault = fault
+
+    def close(self) -> None:
+        for device in self.devices.values():
+            if hasattr(device, "close"):
+                device.close()
+        super().close()
