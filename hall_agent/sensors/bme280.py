@@ -162,7 +162,8 @@ class BME280(Sensor):
         if p == 0:
             raise SensorError("bme280: pressure compensation divided by zero (bad calibration)")
         h = compensate_h(adc_h, t_fine, cal)
-        if not (-4000 <= t <= 8500 and 30000 * 256 <= p <= 110000 * 256):  # operating range, datasheet 1.
+        # operating range (datasheet section 1): -40..85 °C, 300..1100 hPa, with a margin
+        if not (-4500 <= t <= 9000 and 25000 * 256 <= p <= 115000 * 256):
             raise SensorError(f"bme280: implausible reading {t / 100:.2f} °C {p / 25600:.1f} hPa "
                               "(outside the part's operating range)")
         return {"temperature_c": t / 100.0, "pressure_hpa": round(p / 256.0 / 100.0, 2),
