@@ -22,7 +22,7 @@ def request(command: int, args: bytes = b"") -> bytes:
 
 def scanner() -> FrameScanner:
     return FrameScanner(b"\xff\x86", lambda b: FRAME_LEN if len(b) >= 2 else None,
-                        lambda f: f[8] == winsen_checksum(f))
+                        lambda f: f[8] == winsen_checksum(f), torn_check=True)
 
 
 class MHZ19(Sensor):

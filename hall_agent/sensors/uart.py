@@ -11,6 +11,15 @@ import serial
 
 from .base import SensorAbsent, SensorChecksumError, SensorTimeout
 
+try:
+    from termios import error as TermiosError
+except ImportError:  # not POSIX
+    class TermiosError(Exception):
+        pass
+
+#: what a port that went away raises, depending on where pyserial notices
+PORT_ERRORS = (serial.SerialException, OSError, TermiosError)
+
 
 @dataclass
 class FrameScanner:
@@ -23,6 +32,10 @@ class FrameScanner:
     header: bytes
     size: Callable[[bytes], int | None]
     valid: Callable[[bytes], bool]
+    #: a frame that holds its header again is a torn frame followed by a real one:
+    #: resync at the inner header (for parts whose frames never contain it, whose
+    #: one-byte checksum would otherwise let 1 in 256 torn frames through)
+    torn_check: bool = False
     max_buffer: int = 4096
     buf: bytearray = field(default_factory=bytearray)
     bad_frames: int = 0
@@ -47,6 +60,11 @@ class FrameScanner:
             if len(self.buf) < total:
                 break
             frame = bytes(self.buf[:total])
+            inner = frame.find(self.header, 1) if self.torn_check else -1
+            if 0 < inner < total - len(self.header) + 1:
+                self.bad_frames += 1
+                del self.buf[:inner]
+                continue
             if self.valid(frame):
                 frames.append(frame)
                 del self.buf[:total]
@@ -96,14 +114,14 @@ class SerialPort:
             s.reset_input_buffer()
             s.write(data)
             s.flush()
-        except (serial.SerialException, OSError) as e:
+        except PORT_ERRORS as e:
             raise self._lost(e) from None
 
     def discard_input(self) -> None:
         s = self._open()
         try:
             s.reset_input_buffer()
-        except (serial.SerialException, OSError) as e:
+        except PORT_ERRORS as e:
             raise self._lost(e) from None
 
     def read_frame(self, scanner: FrameScanner, timeout_s: float, accept: Callable[[bytes], bool] = lambda f: True
@@ -116,7 +134,7 @@ class SerialPort:
         while time.monotonic() < deadline:
             try:
                 data = s.read(max(1, s.in_waiting))
-            except (serial.SerialException, OSError, TypeError) as e:
+            except (*PORT_ERRORS, TypeError) as e:
                 raise self._lost(e) from None
             got_bytes = got_bytes or bool(data)
             for frame in scanner.feed(data):

@@ -29,7 +29,7 @@ def ppb_to_mgm3(ppb: float) -> float:
 
 def scanner() -> FrameScanner:
     return FrameScanner(bytes([0xFF, GAS_CH2O]), lambda b: 9 if len(b) >= 2 else None,
-                        lambda f: f[8] == winsen_checksum(f))
+                        lambda f: f[8] == winsen_checksum(f), torn_check=True)
 
 
 class ZE08(Sensor):
