@@ -99,7 +99,7 @@ class Agent:
     def emit(self, env: Envelope) -> int:
         """Commit an envelope to the outbox and wake the link; returns its seq."""
         seq = self.outbox.enqueue(env)
-        self.link._wake.set()
+        self.link.kick()
         return seq
 
     def _overflow_event(self, dropped: Dropped) -> Envelope:

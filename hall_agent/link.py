@@ -72,6 +72,7 @@ class Link:
         self._retry: list[Row] = []           # QoS 0 rows lost with a connection
         self._inbox: queue.Queue[Incoming | None] = queue.Queue(maxsize=1000)
         self._delay = self.min_delay
+        self._pump_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.connects = 0
         self.heartbeat = time.monotonic()  # the network loop's last turn
@@ -213,9 +214,9 @@ class Link:
             return
         self.connects += 1
         self._delay = self.min_delay
-        client.publish(self.status_topic, self.status_payload("online", None), 1, True)
-        for topic in self._handlers:
+        for topic in self._handlers:  # before "online": a command sent on seeing it is not missed
             client.subscribe(topic, qos=1)
+        client.publish(self.status_topic, self.status_payload("online", None), 1, True)
         log.info("connected to MQTT broker %s:%s (%s)", self.settings.mqtt.host,
                  self.settings.mqtt.effective_port, "reconnect" if self.connects > 1 else "first connect")
         self._connected.set()
@@ -244,25 +245,32 @@ class Link:
 
     # -- pump thread -----------------------------------------------------------
     def _pump(self) -> None:
-        last_sync = time.monotonic()
         was_connected = False
         while not self._stopping.is_set():
             self._wake.wait(0.5)
             self._wake.clear()
             try:
-                self._settle_acks()
                 connected = self.connected
-                if connected and not was_connected:
-                    self._requeue_lost_qos0()
+                with self._pump_lock:
+                    self._settle_acks()
+                    if connected and not was_connected:
+                        self._requeue_lost_qos0()
                 was_connected = connected
-                if connected:
-                    self._hand_over()
-                if time.monotonic() - last_sync >= 1.0:
-                    self.outbox.sync()
-                    last_sync = time.monotonic()
+                while connected and self._hand_over_batch():
+                    connected = self.connected
             except Exception:  # the pump must survive anything one message can do
                 log.exception("outbox pump error")
                 self._stopping.wait(1.0)
+
+    def kick(self) -> None:
+        """Hand new outbox rows to paho now, from the calling thread (the alarm path
+        does not wait for the pump thread to wake up)."""
+        if self.connected:
+            try:
+                self._hand_over_batch()
+            except Exception:
+                log.exception("outbox hand-over error")
+        self._wake.set()
 
     def _settle_acks(self) -> None:
         done = []
@@ -277,22 +285,26 @@ class Link:
         lost = [mid for mid, row in self._in_flight.items() if row.qos == 0]
         self._retry = [self._in_flight.pop(mid) for mid in lost] + self._retry
 
-    def _hand_over(self) -> None:
-        while self.connected and len(self._in_flight) < self.window:
+    def _hand_over_batch(self, batch: int = 50) -> bool:
+        """Publish up to ``batch`` rows in order; True if more may be waiting."""
+        with self._pump_lock:
+            self._settle_acks()
+            room = min(batch, self.window - len(self._in_flight))
+            if room <= 0 or not self.connected:
+                return False
             if self._retry:
-                rows, self._retry = self._retry, []
+                rows, self._retry = self._retry[:room], self._retry[room:]
             else:
-                rows = self.outbox.take(min(100, self.window - len(self._in_flight)))
-            if not rows:
-                return
+                rows = self.outbox.take(room)
             for i, row in enumerate(rows):
                 info = self.client.publish(row.topic, row.payload, row.qos, row.retain)
                 held = info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS or (
                     row.qos > 0 and info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN)
                 if not held:  # paho did not keep it: offer it again after reconnect
                     self._retry = rows[i:] + self._retry
-                    return
+                    return False
                 self._in_flight[info.mid] = row
+            return len(rows) == room
 
     # -- inbox thread ------------------------------------------------------------
     def _run_inbox(self) -> None:

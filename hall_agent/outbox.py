@@ -8,15 +8,15 @@ share its seq.  Rows go out in insertion order (``pos``).
 
 Durability policy (``fsync``):
 
-- ``"events"`` (default): readings and health are committed with
-  ``synchronous=NORMAL`` (safe against a crash of the agent, not against a
-  power cut until the next sync); every other envelope is committed with
-  ``synchronous=FULL``, which fsyncs the WAL and with it every earlier
-  commit.  ``sync()`` (called about once a second by the link) makes the
-  NORMAL commits durable too.  A power cut can cost the readings and health
-  envelopes of the last second or so; never an alert, state, check or
-  command event once ``enqueue`` has returned.
-- ``"always"``: every commit fsyncs.  ``"never"``: only ``sync()`` does.
+- ``"events"`` (default): every commit uses ``synchronous=NORMAL`` (safe
+  against a crash of the agent at once; nothing on the caller's path waits
+  for the disk). A syncer thread with its own connection fsyncs the WAL (a
+  passive checkpoint) as soon as an envelope other than a reading or health
+  was committed, and at least once a second otherwise. A power cut can cost
+  the readings and health of about the last second, and other envelopes of
+  the last few milliseconds (the time one fsync takes).
+- ``"always"``: every commit fsyncs before ``enqueue`` returns (slow on SD cards).
+- ``"never"``: only the once-a-second sync.
 
 When the rows' payload bytes exceed ``max_bytes`` the oldest readings are
 dropped first, then the oldest health envelopes, down to 90 % of the cap;
@@ -105,6 +105,7 @@ class Outbox:
         self._lock = threading.RLock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints (and their fsyncs) are the syncer's
         self._db.executescript(SCHEMA)
         self._sync_mode = ""
         self._set_sync("NORMAL")
@@ -120,6 +121,11 @@ class Outbox:
         self._cursor = 0           # highest pos handed out by take()
         self._taken: dict[int, int] = {}  # pos -> size, handed out and not yet done
         self._closed = False
+        self.syncs = 0
+        self._sync_now = threading.Event()
+        self._sync_stop = threading.Event()
+        self._syncer = threading.Thread(target=self._sync_loop, name="outbox-sync", daemon=True)
+        self._syncer.start()
 
     # -- writing -------------------------------------------------------------
     def enqueue(self, env: Envelope) -> int:
@@ -142,10 +148,11 @@ class Outbox:
             self._commit([(None, "raw", topic, payload, qos, int(retain))], durable=self.fsync != "never")
 
     def _durable(self, type_: str) -> bool:
+        """Whether this commit must reach the disk soon (now, with ``always``)."""
         return self.fsync == "always" or (self.fsync == "events" and type_ not in DROPPABLE)
 
     def _commit(self, rows: list[tuple], durable: bool, next_seq: int | None = None) -> None:
-        self._set_sync("FULL" if durable else "NORMAL")
+        self._set_sync("FULL" if durable and self.fsync == "always" else "NORMAL")
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -156,7 +163,9 @@ class Outbox:
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        self._dirty = not durable
+        self._dirty = True
+        if durable and self.fsync == "events":
+            self._sync_now.set()
         self.depth += len(rows)
         self.bytes += sum(len(r[3]) + len(r[2]) + ROW_OVERHEAD for r in rows)
 
@@ -245,12 +254,30 @@ class Outbox:
 
     def sync(self) -> None:
         """Make every commit so far durable (fsync the WAL via a passive checkpoint)."""
-        with self._lock:
-            if self._dirty and not self._closed:
-                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                self._dirty = False
+        self._sync_now.set()
+
+    def _sync_loop(self) -> None:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA synchronous=NORMAL")  # a checkpoint fsyncs the WAL, then the database
+        try:
+            while not self._sync_stop.is_set():
+                self._sync_now.wait(1.0)
+                self._sync_now.clear()
+                if self._dirty:
+                    self._dirty = False
+                    try:
+                        db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                        self.syncs += 1
+                    except sqlite3.Error as e:
+                        log.warning("outbox sync failed: %s", e)
+                        self._dirty = True
+        finally:
+            db.close()
 
     def close(self) -> None:
+        self._sync_stop.set()
+        self._sync_now.set()
+        self._syncer.join(timeout=5)
         with self._lock:
             if self._closed:
                 return

@@ -3,6 +3,7 @@ reconnects, and no event lost across broker outages or agent crashes."""
 
 import json
 import time
+from datetime import datetime, timezone
 
 import pytest
 from paho.mqtt.packettypes import PacketTypes
@@ -105,7 +106,10 @@ def test_subscriptions_and_online_restored_after_broker_restart(broker, tmp_path
     try:
         assert rec.wait_for(status_is("online"))
         broker.restart()
-        assert rec.wait_for(lambda r: len([s for s in r.payloads("/status") if s["state"] == "online"]) >= 2, 20)
+        restarted = datetime.now(timezone.utc)
+        # a new "online", not the retained one the broker kept across its restart
+        assert rec.wait_for(lambda r: any(s["state"] == "online" and datetime.fromisoformat(s["ts"]) >= restarted
+                                          for s in r.payloads("/status")), 20)
         publish(broker.port, f"{BASE}/cmd", '{"id":"after-restart","command":"ping"}')
         assert rec.wait_for(lambda r: any(x["id"] == "after-restart" for x in r.payloads("/cmd/reply")), 10)
     finally:
@@ -165,8 +169,10 @@ def test_sigkill_mid_stream_loses_nothing_committed(broker, tmp_path):
         agent.kill()  # SIGKILL, mid-stream
         sender.loop_stop()
         sender.disconnect()
+        restarted = datetime.now(timezone.utc)
         agent = AgentProcess(cfg).start()
-        assert rec.wait_for(lambda r: len([s for s in r.payloads("/status") if s["state"] == "online"]) >= 2, 20)
+        assert rec.wait_for(lambda r: any(s["state"] == "online" and datetime.fromisoformat(s["ts"]) >= restarted
+                                          for s in r.payloads("/status")), 20)
         pub(broker.port, f"{BASE}/cmd", '{"id":"final","command":"ping"}')
         assert rec.wait_for(lambda r: any(e["data"].get("id") == "final" for e in r.payloads("/event")), 20)
         seqs = seqs_in_order(rec.payloads("/event"))

@@ -299,8 +299,11 @@ class EquipmentConfig(Section):
     name: str = ""
     probe: str | None = None
     relay_pin: int | str | None = None
+    relay_active_high: bool = True   # false for relay boards that switch on a low pin
     power: Literal["auto", "manual"] = "manual"
     required: bool = True
+    probe_interval_s: float = Field(default=60.0, ge=1)
+    probe_timeout_s: float = Field(default=3.0, gt=0, le=30)
 
     _id = field_validator("id")(check_id)
 
