@@ -15,6 +15,7 @@ from . import __version__, health
 from .commands import Dispatcher
 from .config import Settings
 from .envelope import Envelope, Events, Moment
+from .devices.hall import HallDevices
 from .hardware import Hardware
 from .link import Incoming, Link
 from .outbox import Dropped, Outbox
@@ -60,12 +61,23 @@ class Agent:
         if simulate:
             from .simulation import Simulation
             self.hardware: Hardware = Simulation(settings, self.state_dir)
-            self.link.subscribe("sim/sensor/+", self._on_sim_sensor)
+            for kind in ("sensor", "input", "printer", "equipment"):
+                self.link.subscribe(f"sim/{kind}/+", self._on_sim)
         else:
             self.hardware = Hardware(settings, self.state_dir)
         self.sensors = SensorLoop(self.hardware.sensor_specs(), self._on_reading, self._on_sensor_fault,
                                   self._on_sensor_recover)
+        self.devices = HallDevices(settings, self.events, self.emit, pin_factory=self.hardware.pin_factory(),
+                                   printer_port=self.hardware.serial_port, probe_fn=self.hardware.probe)
+        self.hardware.attach(self.devices)
+        self.dispatcher.register("reset", self.devices.reset_command, allowed=lambda: settings.commands.allow_reset,
+                                 refusal="reset is disabled on this hall ([commands] allow_reset = false)")
+        self.dispatcher.register("power", self.devices.power_command, allowed=lambda: settings.commands.allow_power,
+                                 refusal="power is disabled on this hall ([commands] allow_power = false)")
         self.status_providers["sensors"] = self._sensor_status
+        self.status_providers["inputs"] = self.devices.input_states
+        self.status_providers["printers"] = self.devices.printer_states
+        self.status_providers["equipment"] = lambda: dict(self.devices.equipment_state)
 
     # -- sensors ------------------------------------------------------------------
     @property
@@ -89,11 +101,11 @@ class Agent:
                       "error": r.last_error.reason if r.last_error else None, "values": r.last_values}
                 for sid, r in self.sensors.runners.items()}
 
-    def _on_sim_sensor(self, msg: Incoming) -> None:
-        sensor_id = msg.topic.rsplit("/", 1)[-1]
-        problem = self.hardware.control_sensor(sensor_id, msg.payload)
+    def _on_sim(self, msg: Incoming) -> None:
+        kind, part_id = msg.topic.split("/")[-2:]
+        problem = self.hardware.control(kind, part_id, msg.payload, self.devices)
         if problem:
-            log.warning("sim/sensor/%s: %s", sensor_id, problem)
+            log.warning("sim/%s/%s: %s", kind, part_id, problem)
 
     # -- events -------------------------------------------------------------------
     def emit(self, env: Envelope) -> int:
@@ -131,14 +143,10 @@ class Agent:
 
     # -- running ------------------------------------------------------------------
     def start(self) -> None:
-        s = self.settings
-        pending = [f"{len(getattr(s, t))} {t}" for t in ("inputs", "printers", "equipment")
-                   if getattr(s, t)]
-        if pending:
-            log.warning("configured but not yet driven by this version: %s", ", ".join(pending))
         self.link.start()
         self.emit(self.events.agent("started", {"version": __version__, "simulate": self.simulate,
                                                 "outbox_depth": self.outbox.depth}))
+        self.devices.start()
         self.sensors.start()
         t = threading.Thread(target=self._health_loop, name="health", daemon=True)
         t.start()
@@ -175,6 +183,7 @@ class Agent:
         except Exception:
             log.exception("could not record the stop")
         self.sensors.stop()
+        self.devices.stop()
         drained = self.link.stop(self.settings.mqtt.drain_s)
         if not drained:
             log.warning("stopped with %d messages still in the outbox; they are sent on the next start",

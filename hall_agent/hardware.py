@@ -61,6 +61,17 @@ class Hardware:
     def w1_root(self, cfg: SensorConfig) -> Path:
         return cfg.w1_root
 
+    def pin_factory(self):
+        """gpiozero's default factory (lgpio on Raspberry Pi OS Bookworm)."""
+        return None
+
+    def attach(self, devices) -> None:
+        """Called once the hall's devices exist (the simulation needs them)."""
+
+    def probe(self, url: str, timeout_s: float):
+        from .devices.equipment import probe
+        return probe(url, timeout_s)
+
     def sensor_options(self, cfg: SensorConfig) -> dict[str, Any]:
         if cfg.driver in I2C_DRIVERS:
             options: dict[str, Any] = {"bus": self.i2c_bus(cfg.bus), "address": cfg.address}

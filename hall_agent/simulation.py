@@ -5,7 +5,14 @@ emulated bus per bus number, serial parts behind ptys, DS18B20s as w1
 folders. The real drivers read them. Control topics under the hall's base:
 
 - ``sim/sensor/{sensor_id}``: ``{"co2_ppm": 1800}`` (values in the envelope's
-  units) or ``{"fault": "absent"|"crc"|null}``.
+  units) or ``{"fault": "absent"|"crc"|null}``;
+- ``sim/input/{input_id}``: ``open``, ``closed``, ``pressed``, ``released``,
+  ``motion``, ``still`` (drives the gpiozero mock pin to the level the
+  configured contact would give);
+- ``sim/printer/{printer_id}``: any of ``{"paper": "ok"|"near_end"|"end",
+  "cover_open": bool, "online": bool, "responding": bool}``;
+- ``sim/equipment/{equipment_id}``: ``{"reachable": bool}`` (equipment whose
+  relay is off never answers). No probe leaves the machine.
 
 ``HALL_AGENT_SIM_FAST=1`` shortens the parts' own rhythms (SCD4x period,
 SGP30 warm-up) for tests.
@@ -22,7 +29,9 @@ from typing import Any
 
 from .config import Settings
 from .config.models import SensorConfig
+from .devices.equipment import ProbeResult
 from .emulators.bme280 import BME280Chip
+from .emulators.escpos import EscPosPrinter
 from .emulators.i2c import EmulatedI2CBus
 from .emulators.pms import PMS5003Device
 from .emulators.sensirion import SCD4xChip, SGP30Chip, SHT3xChip, SHT4xChip
@@ -42,6 +51,11 @@ class Simulation(Hardware):
         self.devices: dict[str, Any] = {}  # sensor id -> emulator
         for cfg in settings.sensors:
             self.devices[cfg.id] = self._emulator(cfg)
+        for cfg in settings.printers:
+            self.devices[cfg.id] = EscPosPrinter(name=cfg.id, link_dir=self.tmp / "tty")
+        self.equipment_up = {cfg.id: True for cfg in settings.equipment}
+        self.probe_urls = {cfg.probe: cfg.id for cfg in settings.equipment if cfg.probe}
+        self._factory = None
 
     def _emulator(self, cfg: SensorConfig) -> Any:
         fast = self.fast
@@ -77,7 +91,73 @@ class Simulation(Hardware):
             options.update(stop_wait_s=0.05, poll_s=0.05)
         return options
 
+    def pin_factory(self):
+        """gpiozero's mock pins; every input's contact starts at rest (NO open, NC closed)."""
+        if self._factory is None:
+            from .emulators.gpio import contact_factory
+            self._factory = contact_factory()
+            for cfg in self.settings.inputs:
+                self._factory.pin(cfg.pin).contact_closed = cfg.contact == "nc"
+            for cfg in self.settings.equipment:  # the hall's equipment is powered when the agent starts
+                if cfg.relay_pin is not None:
+                    pin = self._factory.pin(cfg.relay_pin)
+                    pin.drive_high() if cfg.relay_active_high else pin.drive_low()
+        return self._factory
+
+    def attach(self, devices) -> None:
+        self._devices = devices
+
+    def probe(self, url: str, timeout_s: float) -> ProbeResult:
+        eid = self.probe_urls.get(url)
+        devices = getattr(self, "_devices", None)
+        powered = devices is None or devices.power(eid) != "off"
+        if eid is not None and self.equipment_up.get(eid) and powered:
+            return ProbeResult(True, 2.0, "connected (simulated)")
+        return ProbeResult(False, None, "no answer (simulated)" if powered else "powered off (simulated)")
+
     # -- control --------------------------------------------------------------------
+    def control(self, kind: str, part_id: str, payload: bytes, devices) -> str | None:
+        """Apply a ``sim/{kind}/{id}`` message; returns an error text or None."""
+        if kind == "sensor":
+            return self.control_sensor(part_id, payload)
+        if kind == "input":
+            return self.control_input(part_id, payload.decode(errors="replace").strip().strip('"'), devices)
+        try:
+            doc = json.loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            return "payload is not JSON"
+        if not isinstance(doc, dict):
+            return "payload must be a JSON object"
+        if kind == "printer":
+            printer = self.devices.get(part_id)
+            if not isinstance(printer, EscPosPrinter):
+                return f"no simulated printer {part_id!r}"
+            try:
+                printer.set(**doc)
+            except (KeyError, ValueError) as e:
+                return f"bad printer state: {e}"
+            return None
+        if kind == "equipment":
+            if part_id not in self.equipment_up:
+                return f"no simulated equipment {part_id!r}"
+            if not isinstance(doc.get("reachable"), bool):
+                return "want {\"reachable\": true|false}"
+            self.equipment_up[part_id] = doc["reachable"]
+            devices.equipment.probe_now(part_id)
+            return None
+        return f"unknown simulation kind {kind!r}"
+
+    def control_input(self, input_id: str, word: str, devices) -> str | None:
+        watcher = devices.inputs.get(input_id)
+        if watcher is None:
+            return f"no input {input_id!r}"
+        active_words = {"open", "pressed", "motion"}
+        if word not in active_words | {"closed", "released", "still"}:
+            return f"{word!r}: use open, closed, pressed, released, motion or still"
+        active = word in active_words
+        watcher.device.pin.set_contact(active if watcher.cfg.contact == "no" else not active)
+        return None
+
     def control_sensor(self, sensor_id: str, payload: bytes) -> str | None:
         """Apply a ``sim/sensor/{id}`` message; returns an error text or None."""
         device = self.devices.get(sensor_id)
