@@ -91,6 +91,10 @@ def test_inputs_printer_equipment_and_refused_commands(broker, tmp_path):
         status = reply(rec, "s")["result"]
         assert status["inputs"] == {"door.side": "open", "panic.1": "normal", "key": "pressed"}
         assert agent.terminate() == 0
+        from test_schema import ENVELOPE
+        for p in rec.payloads("/event") + [p for m in rec.messages if "/state/" in m.topic
+                                           for p in [json.loads(m.payload)]]:
+            ENVELOPE.validate(p)
     finally:
         agent.kill()
         rec.close()
