@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,10 +16,13 @@ from . import __version__, health
 from .commands import Dispatcher
 from .config import Settings
 from .envelope import Envelope, Events, Moment
+from .alerts import Alerts
+from .calendar import BusinessCalendar
 from .devices.hall import HallDevices
 from .hardware import Hardware
 from .link import Incoming, Link
 from .outbox import Dropped, Outbox
+from .rules import RulesEngine, build as build_rules
 from .sensors import SensorError
 from .sensors.loop import SensorLoop
 
@@ -70,6 +74,13 @@ class Agent:
         self.devices = HallDevices(settings, self.events, self.emit, pin_factory=self.hardware.pin_factory(),
                                    printer_port=self.hardware.serial_port, probe_fn=self.hardware.probe)
         self.hardware.attach(self.devices)
+        self.calendar = BusinessCalendar(settings.hours, settings.hall.timezone, settings.checks.opening_lead_min,
+                                         settings.checks.closing_delay_min)
+        self.engine = RulesEngine(build_rules(settings), self.calendar.is_open, settings.hall.timezone)
+        self.alerts = Alerts(self.engine, self.events, self.emit, self.outbox, self.state_dir / "alerts.json",
+                             self._now)
+        self.devices.listeners.append(self._on_device)
+        self.status_providers["alerts"] = self.alerts.active
         self.dispatcher.register("reset", self.devices.reset_command, allowed=lambda: settings.commands.allow_reset,
                                  refusal="reset is disabled on this hall ([commands] allow_reset = false)")
         self.dispatcher.register("power", self.devices.power_command, allowed=lambda: settings.commands.allow_power,
@@ -84,17 +95,51 @@ class Agent:
     def sensor_health(self) -> dict[str, str]:
         return self.sensors.states()
 
+    def _now(self) -> datetime:
+        return datetime.now(self.events.tz)
+
     def _on_reading(self, sensor_id: str, model: str, values: dict[str, float]) -> None:
         self.emit(self.events.reading(sensor_id, model, values))
+        self.alerts.feed(lambda now: self.engine.reading(sensor_id, values, now))
 
     def _on_sensor_fault(self, sensor_id: str, error: SensorError, failures: int) -> None:
         self.emit(self.events.agent("sensor-fault", {
             "sensor": sensor_id, "kind": error.kind, "reason": error.reason, "failures": failures,
         }, severity="warning", moment=Moment("system", 2), source=sensor_id))
+        self.alerts.feed(lambda now: self.engine.sensor_fault(sensor_id, f"{error.kind}: {error.reason}", now))
 
     def _on_sensor_recover(self, sensor_id: str) -> None:
         self.emit(self.events.agent("sensor-recovered", {"sensor": sensor_id}, moment=Moment("system", 2),
                                     source=sensor_id))
+        self.alerts.feed(lambda now: self.engine.sensor_ok(sensor_id, now))
+
+    def _on_device(self, kind: str, source: str, data: dict) -> None:
+        """Input, printer and equipment states, for the rules."""
+        if kind in ("door", "panic", "motion", "reset"):
+            held = next((c.held_open_s for c in self.settings.inputs if c.id == source), None)
+            self.alerts.feed(lambda now: self.engine.input(kind, source, data["state"], now, held))
+        elif kind == "printer":
+            answering = data.get("answering", True)
+            self.alerts.feed(lambda now: self.engine.printer(source, data, answering, now))
+        elif kind == "equipment":
+            required = next((c.required for c in self.settings.equipment if c.id == source), True)
+            self.alerts.feed(lambda now: self.engine.equipment(source, data, now, required))
+
+    def _restore_alerts(self) -> None:
+        """Alerts active before a restart stay active (not raised again); a latched
+        panic stays latched; alerts of parts no longer configured are cleared."""
+        self.alerts.load()
+        for rule, source in list(self.engine.active):
+            if rule == "panic" and source in self.devices.inputs:
+                watcher = self.devices.inputs[source]
+                if watcher.latch is not None:
+                    watcher.latch.alarm = True
+        s = self.settings
+        known = {x.id for x in (*s.sensors, *s.inputs, *s.printers, *s.equipment)} | {"opening", "closing"}
+        self.alerts.feed(lambda now: self.engine.forget_sources(known, now))
+        if self.engine.active:
+            log.info("restored %d active alert(s): %s", len(self.engine.active),
+                     ", ".join(f"{r}/{src}" for r, src in self.engine.active))
 
     def _sensor_status(self) -> dict[str, Any]:
         return {sid: {"state": r.state, "failures": r.failures,
@@ -146,11 +191,22 @@ class Agent:
         self.link.start()
         self.emit(self.events.agent("started", {"version": __version__, "simulate": self.simulate,
                                                 "outbox_depth": self.outbox.depth}))
+        self._restore_alerts()
         self.devices.start()
         self.sensors.start()
-        t = threading.Thread(target=self._health_loop, name="health", daemon=True)
-        t.start()
-        self._threads.append(t)
+        for name, target in (("health", self._health_loop), ("tick", self._tick_loop)):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _tick_loop(self) -> None:
+        """Timers of the rules (door held open, for_s, closing time) and saving active alerts."""
+        while not self._stop.wait(1.0):
+            try:
+                self.alerts.feed(self.engine.tick)
+                self.alerts.save()
+            except Exception:
+                log.exception("rules tick failed")
 
     def _health_loop(self) -> None:
         interval = self.settings.agent.health_interval_s
@@ -184,6 +240,7 @@ class Agent:
             log.exception("could not record the stop")
         self.sensors.stop()
         self.devices.stop()
+        self.alerts.save(force=True)
         drained = self.link.stop(self.settings.mqtt.drain_s)
         if not drained:
             log.warning("stopped with %d messages still in the outbox; they are sent on the next start",

@@ -101,8 +101,9 @@ class Events:
         routes = (Publication(self.topic(f"state/{source}"), 1, True), self._audit())
         return self._make("state", source, data, severity, moment, routes)
 
-    def alert(self, rule: str, source: str, data: dict[str, Any], severity: str, moment: Moment) -> Envelope:
-        routes = (Publication(self.topic(f"alert/{rule}/{source}"), 1, True), self._audit())
+    def alert(self, rule: str, source: str, data: dict[str, Any], severity: str, moment: Moment,
+              retain: bool = True) -> Envelope:
+        routes = (Publication(self.topic(f"alert/{rule}/{source}"), 1, retain), self._audit())
         return self._make("alert", source, data, severity, moment, routes)
 
     def check(self, kind: str, data: dict[str, Any], severity: str, moment: Moment) -> Envelope:

@@ -114,10 +114,24 @@ def _references(s: Settings) -> list[Problem]:
         for j, target in enumerate(inp.resets):
             if target not in panic_ids:
                 problems.append((f"inputs[{i}].resets[{j}]", f"{target!r} is not a panic input"))
+    from ..rules.profile import FIXED, gbt18883, Seasons
+    profile_ids = {r.id for r in gbt18883(Seasons())}
     sensor_ids = {x.id for x in s.sensors}
     for i, rule in enumerate(s.rules):
+        if rule.id in FIXED:
+            extra = sorted(rule.model_fields_set - {"id", "severity", "category", "priority"})
+            if extra:
+                problems.append((f"rules[{i}]", f"{rule.id!r} is a fixed rule: only severity, category and "
+                                                f"priority can be changed, not {', '.join(extra)}"))
+            continue
         if rule.source is not None and rule.source not in sensor_ids:
             problems.append((f"rules[{i}].source", f"{rule.source!r} is not a sensor id"))
+        if rule.id not in profile_ids:
+            if rule.value is None:
+                problems.append((f"rules[{i}].value", f"required for a rule of our own ({rule.id!r} is not a "
+                                                     "profile rule): the value key such as co2_ppm"))
+            if rule.above is None and rule.below is None:
+                problems.append((f"rules[{i}]", "give above or below"))
     return problems
 
 

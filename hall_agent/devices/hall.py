@@ -152,7 +152,7 @@ class HallDevices:
         severity = "critical" if bad else "warning" if state.paper == "near_end" else "info"
         self.emit(self.events.state(printer_id, data, severity=severity, moment=BUSINESS))
         for listener in self.listeners:
-            listener("printer", printer_id, data)
+            listener("printer", printer_id, {**data, "answering": state.answering})
 
     def printer_states(self) -> dict[str, dict | None]:
         return {pid: (m.state.as_dict() if m.state else None) for pid, m in self.printers.items()}

@@ -43,6 +43,7 @@ class PrinterState:
     paper: str = "ok"            # ok | near_end | end
     cover_open: bool = False
     error: str | None = None
+    answering: bool = True       # not published: tells "not answering" from a reported error
 
     def as_dict(self) -> dict:
         return {"online": self.online, "paper": self.paper, "cover_open": self.cover_open, "error": self.error}
@@ -70,7 +71,8 @@ def decode(status: dict[int, int]) -> PrinterState:
 
 
 def not_answering(port: str, why: str) -> PrinterState:
-    return PrinterState(online=False, paper="ok", cover_open=False, error=f"not answering on {port}: {why}")
+    return PrinterState(online=False, paper="ok", cover_open=False, error=f"not answering on {port}: {why}",
+                        answering=False)
 
 
 class EscPosStatusReader:
