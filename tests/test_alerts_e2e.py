@@ -73,6 +73,9 @@ def test_threshold_door_and_panic_alerts_through_a_restart(broker, tmp_path):
         assert rec.wait_for(lambda r: len(alerts(r, "co2-peak", "co2.a")) == 3, 10)
         cleared, empty = alerts(rec, "co2-peak", "co2.a")[1:]
         assert json.loads(cleared.payload)["data"]["state"] == "cleared" and empty.payload == b""
+        from test_schema import ENVELOPE
+        for m in alerts(rec, "co2-peak", "co2.a")[:2]:
+            ENVELOPE.validate(json.loads(m.payload))
 
         sim("input", "door.side", "open")  # the hall is closed all week: after hours
         assert rec.wait_for(lambda r: alerts(r, "door-after-hours", "door.side"), 10)
