@@ -18,6 +18,8 @@ from .config import Settings
 from .envelope import Envelope, Events, Moment
 from .alerts import Alerts
 from .calendar import BusinessCalendar
+from .checks import CheckRunner, Report
+from .commands import CommandError, parse as parse_command
 from .devices.hall import HallDevices
 from .hardware import Hardware
 from .link import Incoming, Link
@@ -43,8 +45,9 @@ def storage_dir(settings: Settings, simulate: bool) -> Path:
 
 
 class Agent:
-    def __init__(self, settings: Settings, simulate: bool = False):
+    def __init__(self, settings: Settings, simulate: bool = False, config_path: str | None = None):
         self.settings = settings
+        self.config_path = config_path
         self.simulate = simulate
         self.started = time.monotonic()
         self.state_dir = storage_dir(settings, simulate)
@@ -81,6 +84,15 @@ class Agent:
                              self._now)
         self.devices.listeners.append(self._on_device)
         self.status_providers["alerts"] = self.alerts.active
+        self.checks = CheckRunner(settings, self.devices, self.sensors, self._now)
+        self.dispatcher.register("check", self._check_command)
+        self.slow_commands = {"check"}  # run in their own thread: a check takes settle_s
+        from .scheduler import CheckScheduler
+        self.scheduler = CheckScheduler(self.calendar, lambda run: self.run_check(run.kind, run.at),
+                                        self.state_dir / "checks-done.json", settings.checks.misfire_grace_min,
+                                        settings.checks.require_time_sync and not simulate)
+        self.last_checks: dict[str, dict] = {}
+        self.status_providers["checks"] = lambda: {k: v["result"] for k, v in self.last_checks.items()}
         self.dispatcher.register("reset", self.devices.reset_command, allowed=lambda: settings.commands.allow_reset,
                                  refusal="reset is disabled on this hall ([commands] allow_reset = false)")
         self.dispatcher.register("power", self.devices.power_command, allowed=lambda: settings.commands.allow_power,
@@ -165,8 +177,37 @@ class Agent:
             "ranges": [list(r) for r in dropped.ranges[:200]], "dropped_total": self.outbox.dropped_total,
         }, severity="warning", moment=Moment("system", 2), source="outbox")
 
+    # -- checks -------------------------------------------------------------------
+    def run_check(self, kind: str, scheduled_for: datetime | None = None, publish: bool = True,
+                  settle_s: float | None = None) -> Report:
+        report = self.checks.run(kind, scheduled_for, settle_s)
+        data = report.as_dict()
+        self.last_checks[kind] = data
+        if publish:
+            result = report.result
+            severity = {"pass": "info", "warn": "warning", "fail": "warning"}[result]
+            self.emit(self.events.check(kind, data, severity, Moment("internal", 1 if result == "fail" else 2)))
+            self.alerts.feed(lambda now: self.engine.check(kind, result, report.failed, now))
+        return report
+
+    def _check_command(self, args: dict) -> dict:
+        kind = args.get("kind")
+        if kind not in ("opening", "closing"):
+            raise CommandError("bad-args", "'kind' must be \"opening\" or \"closing\"")
+        return self.run_check(kind).as_dict()
+
     # -- commands -----------------------------------------------------------------
     def _on_command(self, msg: Incoming) -> None:
+        try:
+            slow = parse_command(msg.payload).command in self.slow_commands
+        except CommandError:
+            slow = False
+        if slow:
+            threading.Thread(target=self._answer_command, args=(msg,), name="command", daemon=True).start()
+        else:
+            self._answer_command(msg)
+
+    def _answer_command(self, msg: Incoming) -> None:
         outcome = self.dispatcher.handle(msg.payload)
         reply = json.dumps(outcome.reply, ensure_ascii=False, default=str).encode()
         self.link.publish_now(f"{self.settings.base_topic}/cmd/reply", reply)
@@ -194,6 +235,7 @@ class Agent:
         self._restore_alerts()
         self.devices.start()
         self.sensors.start()
+        self.scheduler.start()
         for name, target in (("health", self._health_loop), ("tick", self._tick_loop)):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -217,13 +259,47 @@ class Agent:
             except Exception:
                 log.exception("health report failed")
 
+    def _hold_lock(self) -> None:
+        """The state folder's lock: tells ``hall-agent check`` an agent runs here."""
+        import fcntl
+        self._lock_file = open(self.state_dir / "agent.lock", "a")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.error("another hall-agent already runs with the state folder %s", self.state_dir)
+            raise SystemExit(2)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the file; apply calendar changes (hours, checks) at once.
+        Anything else needs a restart, which the log says."""
+        from .config import ConfigError, load
+        try:
+            new = load(self.config_path)
+        except ConfigError as e:
+            log.error("reload refused, keeping the running configuration: %s", "; ".join(e.problems))
+            return
+        old = self.settings
+        if new.hours != old.hours or new.checks != old.checks or new.hall.timezone != old.hall.timezone:
+            self.calendar = BusinessCalendar(new.hours, new.hall.timezone, new.checks.opening_lead_min,
+                                             new.checks.closing_delay_min)
+            self.engine.is_open = self.calendar.is_open
+            self.scheduler.rebuild(self.calendar)
+            log.info("reloaded: business hours and checks rescheduled")
+        others = [k for k in type(new).model_fields if k not in ("hours", "checks")
+                  and getattr(new, k) != getattr(old, k)]
+        if others:
+            log.warning("reload: changes to %s take effect after a restart", ", ".join(others))
+
     def request_stop(self, *_: Any) -> None:
         self._stop.set()
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT; then stop cleanly. Returns the exit code."""
+        self._hold_lock()
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=self.reload, daemon=True).start())
         self.start()
         log.info("hall-agent %s running for hall %s (%s)%s", __version__, self.settings.hall.id,
                  self.settings.base_topic, " in simulation" if self.simulate else "")
@@ -238,6 +314,7 @@ class Agent:
             self.emit(self.events.agent("stopping", {"reason": "shutdown"}))
         except Exception:
             log.exception("could not record the stop")
+        self.scheduler.stop()
         self.sensors.stop()
         self.devices.stop()
         self.alerts.save(force=True)

@@ -60,6 +60,36 @@ def _load(args: argparse.Namespace):
         return None
 
 
+def _schedule(args: argparse.Namespace) -> int:
+    from datetime import date, datetime, time
+    from .calendar import BusinessCalendar
+    settings = _load(args)
+    if settings is None:
+        return EXIT_USAGE
+    cal = BusinessCalendar(settings.hours, settings.hall.timezone, settings.checks.opening_lead_min,
+                           settings.checks.closing_delay_min)
+    if args.from_date:
+        try:
+            start = datetime.combine(date.fromisoformat(args.from_date), time(0), tzinfo=cal.tz)
+        except ValueError:
+            print(f"schedule: --from {args.from_date!r} is not a date such as 2026-12-01", file=sys.stderr)
+            return EXIT_USAGE
+    else:
+        start = datetime.now(cal.tz)
+    if args.days < 1:
+        print("schedule: --days must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    runs = cal.runs(start, args.days)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in runs]))
+        return EXIT_OK
+    for r in runs:
+        print(f"{r.at:%Y-%m-%d %a %H:%M %z}  {r.kind:8}  ({cal.why(r.day)})")
+    if not runs:
+        print(f"no opening or closing in the {args.days} day(s) from {start:%Y-%m-%d}")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -84,7 +114,15 @@ def main(argv: list[str] | None = None) -> int:
         from . import logs
         from .agent import Agent
         logs.setup(settings.agent.log_level)
-        return Agent(settings, simulate=args.simulate).run()
+        return Agent(settings, simulate=args.simulate, config_path=args.config).run()
+    if args.command == "schedule":
+        return _schedule(args)
+    if args.command == "check":
+        settings = _load(args)
+        if settings is None:
+            return EXIT_USAGE
+        from .oneshot import run_check
+        return run_check(settings, args)
     print(f"hall-agent {args.command}: not available yet in this version "
           f"(see the project's open issues)", file=sys.stderr)
     return EXIT_USAGE

@@ -52,6 +52,31 @@ class Incoming:
 Handler = Callable[[Incoming], None]
 
 
+def make_client(settings: Settings, client_id: str) -> mqtt.Client:
+    """A paho client with the hall's protocol, TLS and credentials (also used by the CLI)."""
+    m = settings.mqtt
+    v5 = m.protocol == 5
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                         protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311, clean_session=None if v5 else True)
+    if m.tls:
+        context = ssl.create_default_context(cafile=str(m.ca_file) if m.ca_file else None)
+        if m.cert_file:
+            context.load_cert_chain(str(m.cert_file), str(m.key_file) if m.key_file else None)
+        if m.tls_insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        client.tls_set_context(context)
+        client.tls_insecure_set(m.tls_insecure)
+    if m.username is not None:
+        password = None
+        if m.password is not None:
+            password = m.password.get_secret_value()
+        elif m.password_file is not None:
+            password = m.password_file.read_text().strip()
+        client.username_pw_set(m.username, password)
+    return client
+
+
 class Link:
     window = 500            # outbox rows handed to paho and not yet confirmed
     min_delay = 0.5         # reconnect back-off, seconds
@@ -80,28 +105,7 @@ class Link:
 
     # -- set-up ----------------------------------------------------------------
     def _build_client(self) -> mqtt.Client:
-        m = self.settings.mqtt
-        v5 = m.protocol == 5
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.settings.client_id,
-                             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-                             clean_session=None if v5 else True)
-        if m.tls:
-            context = ssl.create_default_context(cafile=str(m.ca_file) if m.ca_file else None)
-            if m.cert_file:
-                context.load_cert_chain(str(m.cert_file), str(m.key_file) if m.key_file else None)
-            if m.tls_insecure:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            client.tls_set_context(context)
-            client.tls_insecure_set(m.tls_insecure)
-        if m.username is not None:
-            password = None
-            if m.password is not None:
-                password = m.password.get_secret_value()
-            elif m.password_file is not None:
-                password = m.password_file.read_text().strip()
-            client.username_pw_set(m.username, password)
-        # paho keeps 20 QoS 1 messages in flight: mosquitto's default receive maximum
+        client = make_client(self.settings, self.settings.client_id)
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect

@@ -84,6 +84,7 @@ class EscPosStatusReader:
         self.timeout_s = timeout_s
         self._serial: serial.SerialBase | None = None
         self.skipped = 0
+        self._lock = threading.Lock()  # the poller and a check may ask at the same time
 
     def _open(self) -> serial.SerialBase:
         if self._serial is None:
@@ -113,6 +114,10 @@ class EscPosStatusReader:
         return None
 
     def read(self) -> PrinterState:
+        with self._lock:
+            return self._read()
+
+    def _read(self) -> PrinterState:
         try:
             s = self._open()
         except (*PORT_ERRORS, ValueError) as e:
@@ -148,8 +153,10 @@ class PrinterMonitor:
 
     def poll(self) -> PrinterState:
         state = self.reader.read()
-        if state != self.state:
+        with self.reader._lock:
+            changed = state != self.state
             self.state = state
+        if changed:
             self.on_change(self.cfg.id, state)
         return state
 

@@ -52,6 +52,7 @@ class SensorRunner:
         self.faulted = False
         self.last_error: SensorError | None = None
         self.last_values: dict[str, float] | None = None
+        self.last_ok_at: float | None = None  # monotonic time of the last good read
         self.reads = 0
         self._pending: Future | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"read-{spec.id}")
@@ -104,6 +105,7 @@ class SensorRunner:
             return None
         self.reads += 1
         self.last_values = values
+        self.last_ok_at = self.clock()
         self.failures = 0
         self.last_error = None
         if self.faulted:

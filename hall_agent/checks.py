@@ -1,0 +1,164 @@
+"""The opening and closing checks (SPEC section 5): one item per thing, each
+``pass``/``warn``/``fail`` with a detail a person can act on.
+
+Opening: switch on ``power = "auto"`` equipment, wait ``settle_s``, then
+check every sensor (a fresh good read, values plausible), every input (doors
+closed, panic loops normal), every printer (answering, paper not out; near
+end warns), every equipment probe. Closing: doors closed, panic normal,
+``auto`` equipment switched off and verified off where a probe says so.
+The overall result is the worst item's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+ORDER = {"pass": 0, "warn": 1, "fail": 2}
+
+#: physically plausible ranges per value key (outside: the sensor is wrong, not the room)
+PLAUSIBLE = {
+    "temperature_c": (-20, 60), "humidity_pct": (0, 100), "pressure_hpa": (700, 1100), "co2_ppm": (300, 10000),
+    "tvoc_ppb": (0, 60000), "eco2_ppm": (400, 60000), "pm1_ugm3": (0, 1000), "pm25_ugm3": (0, 1000),
+    "pm10_ugm3": (0, 1000), "hcho_mgm3": (0, 5),
+}
+
+
+@dataclass
+class Item:
+    id: str
+    result: str
+    detail: str
+
+    def as_dict(self) -> dict:
+        return {"id": self.id, "result": self.result, "detail": self.detail}
+
+
+@dataclass
+class Report:
+    check: str
+    scheduled_for: str | None
+    started_at: str
+    finished_at: str = ""
+    items: list[Item] = field(default_factory=list)
+
+    @property
+    def result(self) -> str:
+        worst = max((ORDER[i.result] for i in self.items), default=0)
+        return next(k for k, v in ORDER.items() if v == worst)
+
+    @property
+    def failed(self) -> list[str]:
+        return [i.id for i in self.items if i.result == "fail"]
+
+    def as_dict(self) -> dict:
+        return {"check": self.check, "result": self.result, "scheduled_for": self.scheduled_for,
+                "started_at": self.started_at, "finished_at": self.finished_at,
+                "items": [i.as_dict() for i in self.items]}
+
+
+def sensor_item(sensor_id: str, state: dict[str, Any], fresh_s: float, now_mono: float) -> Item:
+    last_ok = state.get("last_ok_at")
+    if last_ok is None or now_mono - last_ok > fresh_s:
+        error = state.get("error") or "no reading yet"
+        return Item(sensor_id, "fail", f"no good reading in the last {fresh_s:g} s: {error}")
+    values = state.get("values") or {}
+    odd = [f"{k} {v:g}" for k, v in values.items() if k in PLAUSIBLE and not PLAUSIBLE[k][0] <= v <= PLAUSIBLE[k][1]]
+    if odd:
+        return Item(sensor_id, "fail", f"implausible: {', '.join(odd)}")
+    return Item(sensor_id, "pass", ", ".join(f"{k} {v:g}" for k, v in values.items()))
+
+
+def input_item(input_id: str, kind: str, state: str) -> Item | None:
+    if kind == "door":
+        return Item(input_id, "pass" if state == "closed" else "fail", f"door {state}")
+    if kind == "panic":
+        return Item(input_id, "pass" if state == "normal" else "fail",
+                    "panic loop normal" if state == "normal" else "panic alarm active (reset it)")
+    return None
+
+
+def printer_item(printer_id: str, state: dict | None) -> Item:
+    if state is None:
+        return Item(printer_id, "fail", "no status yet")
+    if state.get("error") and not state.get("online"):
+        return Item(printer_id, "fail", state["error"])
+    if state.get("paper") == "end":
+        return Item(printer_id, "fail", "out of paper")
+    if state.get("cover_open"):
+        return Item(printer_id, "fail", "cover open")
+    if state.get("error"):
+        return Item(printer_id, "fail", state["error"])
+    if not state.get("online"):
+        return Item(printer_id, "fail", "offline")
+    if state.get("paper") == "near_end":
+        return Item(printer_id, "warn", "paper near its end: change the roll")
+    return Item(printer_id, "pass", "online, paper ok")
+
+
+def equipment_item(equipment_id: str, reachable: bool | None, latency_ms: float | None, detail: str | None,
+                   required: bool, expect_on: bool) -> Item:
+    if reachable is None:
+        return Item(equipment_id, "pass" if not expect_on else "warn", "no probe configured")
+    if expect_on:
+        if reachable:
+            return Item(equipment_id, "pass", f"answers ({latency_ms:g} ms)" if latency_ms is not None else "answers")
+        return Item(equipment_id, "fail" if required else "warn", f"does not answer: {detail}")
+    if reachable:
+        return Item(equipment_id, "warn", "still answers after being switched off")
+    return Item(equipment_id, "pass", "off")
+
+
+class CheckRunner:
+    """Runs a check against the live agent parts; the agent publishes the report."""
+
+    def __init__(self, settings, devices, sensors, now: Callable[[], datetime], sleep=time.sleep):
+        self.settings = settings
+        self.devices = devices
+        self.sensors = sensors
+        self.now = now
+        self.sleep = sleep
+
+    def run(self, kind: str, scheduled_for: datetime | None = None, settle_s: float | None = None) -> Report:
+        s = self.settings
+        report = Report(kind, scheduled_for.isoformat(timespec="seconds") if scheduled_for else None,
+                        self.now().isoformat(timespec="milliseconds"))
+        auto = [e for e in s.equipment if e.power == "auto" and e.id in self.devices.relays]
+        for e in auto:
+            self.devices.set_power(e.id, kind == "opening")
+        settle = s.checks.settle_s if settle_s is None else settle_s
+        if kind == "opening" or auto:
+            self.sleep(settle)
+        if kind == "opening":
+            now_mono = time.monotonic()
+            for cfg in s.sensors:
+                runner = self.sensors.runners.get(cfg.id)
+                state = {"last_ok_at": runner.last_ok_at, "values": runner.last_values,
+                         "error": runner.last_error.reason if runner.last_error else None} if runner else {}
+                report.items.append(sensor_item(cfg.id, state, 2 * cfg.interval_s + 10, now_mono))
+        for cfg in s.inputs:
+            item = input_item(cfg.id, cfg.kind, self.devices.inputs[cfg.id].state)
+            if item:
+                report.items.append(item)
+        if kind == "opening":
+            for cfg in s.printers:
+                monitor = self.devices.printers[cfg.id]
+                state = monitor.poll() if monitor else None
+                report.items.append(printer_item(cfg.id, state.as_dict() if state else None))
+        for e in s.equipment:
+            expect_on = kind == "opening" or (e.power != "auto")
+            if kind == "closing" and e.power != "auto":
+                continue  # manual equipment (cameras) is not the closing check's business
+            result = self.devices.equipment.probe_now(e.id) if e.probe else None
+            report.items.append(equipment_item(e.id, result.reachable if result else None,
+                                               result.latency_ms if result else None,
+                                               result.detail if result else None, e.required, expect_on))
+        report.finished_at = self.now().isoformat(timespec="milliseconds")
+        log.info("%s check: %s (%d items, failed: %s)", kind, report.result, len(report.items),
+                 ", ".join(report.failed) or "none")
+        return report

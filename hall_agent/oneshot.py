@@ -1,0 +1,105 @@
+"""``hall-agent check opening|closing``: run one check now and print it.
+
+If the agent service is running on this machine (it holds the state
+folder's lock), the check is asked of it over MQTT (the ``check`` command):
+two processes must not drive the same pins and ports, nor number envelopes
+from the same outbox. Otherwise the check runs here, with the real parts
+(or the emulated ones with ``--simulate``); ``--no-publish`` keeps it off
+MQTT altogether.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def agent_running(state_dir: Path) -> bool:
+    path = state_dir / "agent.lock"
+    if not path.exists():
+        return False
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
+
+
+def print_report(data: dict, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(data, ensure_ascii=False))
+    else:
+        print(f"{data['check']} check: {data['result'].upper()}  ({data['started_at']} - {data['finished_at']})")
+        for item in data["items"]:
+            print(f"  {item['result']:4}  {item['id']:24} {item['detail']}")
+    return EXIT_FAIL if data["result"] == "fail" else EXIT_OK
+
+
+def run_check(settings, args) -> int:
+    from .agent import Agent, storage_dir
+    state_dir = storage_dir(settings, args.simulate)
+    if not args.simulate and agent_running(state_dir):
+        return remote_check(settings, args)
+    agent = Agent(settings, simulate=args.simulate)
+    agent.devices.start()
+    agent.sensors.start()
+    if not args.no_publish:
+        agent.link.start()
+    try:
+        report = agent.run_check(args.kind, publish=not args.no_publish)
+    finally:
+        agent.sensors.stop()
+        agent.devices.stop()
+        if not args.no_publish:
+            agent.link.stop(settings.mqtt.drain_s)
+        agent.outbox.close()
+        agent.hardware.close()
+    return print_report(report.as_dict(), args.json)
+
+
+def remote_check(settings, args) -> int:
+    from .link import make_client
+    base = settings.base_topic
+    cid = f"cli-{uuid.uuid4().hex[:8]}"
+    reply: dict = {}
+    got = threading.Event()
+    client = make_client(settings, f"hall-agent-cli-{cid}")
+
+    def on_connect(c, u, flags, rc, props):
+        c.subscribe(f"{base}/cmd/reply", qos=1)
+
+    def on_subscribe(c, u, mid, rc, props):
+        c.publish(f"{base}/cmd", json.dumps({"id": cid, "command": "check", "args": {"kind": args.kind}}), qos=1)
+
+    def on_message(c, u, msg):
+        try:
+            doc = json.loads(msg.payload)
+        except ValueError:
+            return
+        if doc.get("id") == cid:
+            reply.update(doc)
+            got.set()
+
+    client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
+    client.connect(settings.mqtt.host, settings.mqtt.effective_port, 30)
+    client.loop_start()
+    try:
+        if not got.wait(settings.checks.settle_s + 120):
+            print("check: the running agent did not answer the check command", file=sys.stderr)
+            return EXIT_FAIL
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    if not reply.get("ok"):
+        print(f"check: {reply.get('error', {}).get('message')}", file=sys.stderr)
+        return EXIT_FAIL
+    return print_report(reply["result"], args.json)

@@ -1,0 +1,88 @@
+"""Scheduling the checks with a controlled clock."""
+
+import threading
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from hall_agent.calendar import BusinessCalendar
+from hall_agent.config.models import HoursSection
+from hall_agent.scheduler import TIME_ERROR, CheckScheduler, TimeSync, plan
+from mqtt_helpers import wait_until
+
+SH = ZoneInfo("Asia/Shanghai")
+CAL = BusinessCalendar(HoursSection(holidays=""), "Asia/Shanghai", 30, 15)  # 08:30-17:30 every day
+GRACE = timedelta(minutes=20)
+
+
+def test_plan_puts_runs_at_the_right_local_time():
+    planned, missed = plan(CAL, datetime(2026, 11, 27, 6, 0, tzinfo=SH), GRACE, set())
+    assert [(p.run.kind, p.fire_at.isoformat()) for p in planned[:2]] == [
+        ("opening", "2026-11-27T08:00:00+08:00"), ("closing", "2026-11-27T17:45:00+08:00")]
+    assert missed == []
+
+
+def test_misfire_within_grace_runs_late_beyond_grace_is_skipped():
+    # the Pi was down at 08:00 and comes back at 08:15: within 20 minutes, the opening check runs now
+    now = datetime(2026, 11, 27, 8, 15, tzinfo=SH)
+    planned, missed = plan(CAL, now, GRACE, set())
+    assert (planned[0].run.kind, planned[0].run.at.hour, planned[0].fire_at) == ("opening", 8, now)
+    # back at 08:25: 25 minutes late, beyond grace: skipped (and said so)
+    planned, missed = plan(CAL, datetime(2026, 11, 27, 8, 25, tzinfo=SH), GRACE, set())
+    assert planned[0].run.kind == "closing" and [m.kind for m in missed] == ["opening"]
+
+
+def test_a_run_already_done_is_not_repeated_after_a_restart():
+    now = datetime(2026, 11, 27, 8, 5, tzinfo=SH)
+    planned, _ = plan(CAL, now, GRACE, {"opening@2026-11-27T08:00:00+08:00"})
+    assert planned[0].run.kind == "closing"
+
+
+class FakeSync(TimeSync):
+    def __init__(self, synced):
+        self.synced = synced
+
+    def synchronised(self):
+        return self.synced
+
+
+def test_time_sync_detection():
+    assert TimeSync(flag_file="/nonexistent", adjtimex=lambda: TIME_ERROR).synchronised() is False
+    assert TimeSync(flag_file="/nonexistent", adjtimex=lambda: 0).synchronised() is True
+
+
+def test_no_job_until_the_clock_is_synchronised_then_late_runs_fire(tmp_path):
+    fired = []
+    done = threading.Event()
+    now = datetime(2026, 11, 27, 8, 10, tzinfo=SH)  # the opening at 08:00 is 10 minutes late
+    sync = FakeSync(False)
+    sched = CheckScheduler(CAL, lambda run: (fired.append(run), done.set()), tmp_path / "done.json",
+                           grace_min=20, require_sync=True, timesync=sync, now=lambda: now)
+    sched.clock_poll_s = 0.05
+    sched.start()
+    try:
+        assert sched.waiting_for_clock and sched.jobs() == []
+        assert not done.wait(0.3)  # held while the clock is not synchronised
+        sync.synced = True
+        assert done.wait(5)  # APScheduler fires the late opening check at once
+        assert [(r.kind, r.at.isoformat()) for r in fired] == [("opening", "2026-11-27T08:00:00+08:00")]
+        jobs = sched.scheduler.get_jobs()
+        closing = [j for j in jobs if j.id.startswith("closing@2026-11-27")][0]
+        assert closing.next_run_time.isoformat() == "2026-11-27T17:45:00+08:00"
+        assert closing.misfire_grace_time == 20 * 60
+    finally:
+        sched.stop()
+    # restarted a minute later: the opening check is done, not repeated
+    again = CheckScheduler(CAL, lambda run: fired.append(run), tmp_path / "done.json", grace_min=20,
+                           require_sync=False, now=lambda: now + timedelta(minutes=1))
+    planned = again.rebuild()
+    assert [p.run.kind for p in planned][0] == "closing"
+
+
+def test_require_time_sync_false_schedules_at_once(tmp_path):
+    sched = CheckScheduler(CAL, lambda run: None, tmp_path / "d.json", 20, require_sync=False,
+                           timesync=FakeSync(False), now=lambda: datetime(2026, 11, 27, 6, 0, tzinfo=SH))
+    sched.start()
+    try:
+        assert "opening@2026-11-27T08:00:00+08:00" in sched.jobs()
+    finally:
+        sched.stop()
