@@ -86,3 +86,27 @@ def test_require_time_sync_false_schedules_at_once(tmp_path):
         assert "opening@2026-11-27T08:00:00+08:00" in sched.jobs()
     finally:
         sched.stop()
+
+
+def test_sighup_reload_reschedules_with_new_hours(tmp_path):
+    from hall_agent.agent import Agent
+    from hall_agent.config import load
+    cfg = tmp_path / "c.toml"
+    base = ('[hall]\nid="zg-001"\ncity="zigong"\nbranch="ziliujing"\n[mqtt]\nport=1\n'
+            f'[storage]\ndir="{tmp_path / "s"}"\n[checks]\nrequire_time_sync=false\n')
+    cfg.write_text(base + '[hours]\nholidays=""\n')
+    agent = Agent(load(cfg), config_path=str(cfg))
+    agent.scheduler.now = lambda: datetime(2026, 11, 27, 6, 0, tzinfo=SH)
+    agent.scheduler.start()
+    try:
+        assert "opening@2026-11-27T08:00:00+08:00" in agent.scheduler.jobs()
+        cfg.write_text(base + '[hours]\nholidays=""\nfriday="10:00-16:00"\n')
+        agent.reload()
+        jobs = agent.scheduler.jobs()
+        assert "opening@2026-11-27T09:30:00+08:00" in jobs and "opening@2026-11-27T08:00:00+08:00" not in jobs
+        cfg.write_text(base + '[hours]\nfriday="nonsense"\n')
+        agent.reload()  # refused: the running schedule stays
+        assert agent.scheduler.jobs() == jobs
+    finally:
+        agent.scheduler.stop()
+        agent.outbox.close()
