@@ -27,6 +27,7 @@ from .outbox import Dropped, Outbox
 from .rules import RulesEngine, build as build_rules
 from .sensors import SensorError
 from .sensors.loop import SensorLoop
+from .systemd import Loop, Watchdog, notify as sd_notify
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ class Agent:
         self.status_providers: dict[str, Callable[[], Any]] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.tick_heartbeat = time.monotonic()
+        self.watchdog = None
         if simulate:
             from .simulation import Simulation
             self.hardware: Hardware = Simulation(settings, self.state_dir)
@@ -244,6 +247,7 @@ class Agent:
     def _tick_loop(self) -> None:
         """Timers of the rules (door held open, for_s, closing time) and saving active alerts."""
         while not self._stop.wait(1.0):
+            self.tick_heartbeat = time.monotonic()
             try:
                 self.alerts.feed(self.engine.tick)
                 self.alerts.save()
@@ -285,6 +289,7 @@ class Agent:
             self.engine.is_open = self.calendar.is_open
             self.scheduler.rebuild(self.calendar)
             log.info("reloaded: business hours and checks rescheduled")
+        sd_notify("STATUS=configuration reloaded")
         others = [k for k in type(new).model_fields if k not in ("hours", "checks")
                   and getattr(new, k) != getattr(old, k)]
         if others:
@@ -303,12 +308,30 @@ class Agent:
         self.start()
         log.info("hall-agent %s running for hall %s (%s)%s", __version__, self.settings.hall.id,
                  self.settings.base_topic, " in simulation" if self.simulate else "")
+        self.watchdog = Watchdog.from_environment(self.loops())
+        if self.watchdog is not None:
+            self.watchdog.start()
+        sd_notify(f"READY=1\nSTATUS=running for hall {self.settings.hall.id}")
         while not self._stop.wait(1.0):
             pass
         self.stop()
         return 0
 
+    def loops(self) -> list[Loop]:
+        """The loops whose progress feeds the systemd watchdog."""
+        loops = [Loop("mqtt-net", lambda: self.link.heartbeat, 50),
+                 Loop("mqtt-pump", lambda: self.link.pump_heartbeat, 30),
+                 Loop("rules-tick", lambda: self.tick_heartbeat, 30),
+                 Loop("outbox-sync", lambda: self.outbox.heartbeat, 30)]
+        for sid, runner in self.sensors.runners.items():
+            loops.append(Loop(f"sensor {sid}", lambda r=runner: r.heartbeat,
+                              runner.spec.period + runner.spec.read_timeout + 20))
+        return loops
+
     def stop(self) -> None:
+        sd_notify("STOPPING=1")
+        if self.watchdog is not None:
+            self.watchdog.stop()
         self._stop.set()
         try:
             self.emit(self.events.agent("stopping", {"reason": "shutdown"}))

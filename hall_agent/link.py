@@ -101,6 +101,7 @@ class Link:
         self._threads: list[threading.Thread] = []
         self.connects = 0
         self.heartbeat = time.monotonic()  # the network loop's last turn
+        self.pump_heartbeat = time.monotonic()
         self.client = self._build_client()
 
     # -- set-up ----------------------------------------------------------------
@@ -204,7 +205,10 @@ class Link:
     def _backoff(self) -> None:
         delay = self._delay * random.uniform(0.5, 1.5)  # jitter: halls must not reconnect in lock-step
         self._delay = min(self._delay * 2, self.max_delay)
-        self._stopping.wait(delay)
+        end = time.monotonic() + delay
+        while not self._stopping.is_set() and time.monotonic() < end:
+            self.heartbeat = time.monotonic()  # waiting on purpose is progress, for the watchdog
+            self._stopping.wait(min(1.0, max(0.0, end - time.monotonic())))
 
     def _on_socket_open(self, client, userdata, sock) -> None:
         try:  # no Nagle: an alarm must not wait for the previous segment's ACK
@@ -251,6 +255,7 @@ class Link:
     def _pump(self) -> None:
         was_connected = False
         while not self._stopping.is_set():
+            self.pump_heartbeat = time.monotonic()
             self._wake.wait(0.5)
             self._wake.clear()
             try:

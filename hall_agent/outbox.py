@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -122,6 +123,7 @@ class Outbox:
         self._taken: dict[int, int] = {}  # pos -> size, handed out and not yet done
         self._closed = False
         self.syncs = 0
+        self.heartbeat = time.monotonic()
         self._sync_now = threading.Event()
         self._sync_stop = threading.Event()
         self._syncer = threading.Thread(target=self._sync_loop, name="outbox-sync", daemon=True)
@@ -261,6 +263,7 @@ class Outbox:
         db.execute("PRAGMA synchronous=NORMAL")  # a checkpoint fsyncs the WAL, then the database
         try:
             while not self._sync_stop.is_set():
+                self.heartbeat = time.monotonic()
                 self._sync_now.wait(1.0)
                 self._sync_now.clear()
                 if self._dirty:

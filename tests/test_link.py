@@ -208,9 +208,18 @@ def test_reconnect_backoff_grows_with_jitter_and_caps(tmp_path):
     agent = Agent(agent_settings(1, tmp_path / "state"))
     link = agent.link
     waits = []
-    link._stopping.wait = lambda d: waits.append(d)  # record instead of sleeping
-    for _ in range(12):
-        link._backoff()
+    import hall_agent.link as link_module
+    real_uniform = link_module.random.uniform
+    link_module.random.uniform = lambda a, b: (w := real_uniform(a, b)) and waits.append(w) or w
+    link._stopping.set()  # record the delays instead of sleeping them
+    try:
+        delays = []
+        for _ in range(12):
+            delays.append(link._delay)
+            link._backoff()
+    finally:
+        link_module.random.uniform = real_uniform
+    waits = [d * w for d, w in zip(delays, waits)]
     assert link.min_delay * 0.5 <= waits[0] <= link.min_delay * 1.5
     assert all(w <= link.max_delay * 1.5 for w in waits) and waits[-1] >= link.max_delay * 0.5
     assert len(set(round(w, 6) for w in waits)) > 6  # jittered, not lock-step

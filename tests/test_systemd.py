@@ -1,0 +1,101 @@
+"""The systemd unit, sd_notify and the watchdog."""
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from hall_agent.agent import Agent
+from hall_agent.config import validate
+from hall_agent.systemd import Loop, Watchdog, notify
+from mqtt_helpers import AgentProcess, Recorder, wait_until, write_config
+
+UNIT = Path(__file__).resolve().parent.parent / "systemd" / "hall-agent.service"
+
+
+@pytest.fixture
+def notify_socket(tmp_path):
+    path = str(tmp_path / "notify.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(path)
+    s.settimeout(0.1)
+    def drain():
+        """The messages received since the last call."""
+        messages = []
+        while True:
+            try:
+                messages.append(s.recv(4096).decode())
+            except (socket.timeout, BlockingIOError):
+                return messages
+    yield path, drain
+    s.close()
+
+
+def test_unit_passes_systemd_analyze_verify(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze missing: apt-get install systemd"
+    exe = tmp_path / "hall-agent"
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    unit = tmp_path / "hall-agent.service"
+    text = UNIT.read_text()
+    assert "/opt/hall-agent/bin/hall-agent" in text
+    unit.write_text(text.replace("/opt/hall-agent/bin/hall-agent", str(exe)))
+    r = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stderr.strip() == "" and r.stdout.strip() == "", r.stderr
+    for line in ("Type=notify", "WatchdogSec=", "Restart=always", "User=hall-agent",
+                 "SupplementaryGroups=gpio i2c dialout", "StateDirectory=hall-agent",
+                 "ConfigurationDirectory=hall-agent", "ProtectSystem=strict", "NoNewPrivileges=yes"):
+        assert line in text
+
+
+def test_notify_sends_datagrams(notify_socket):
+    path, drain = notify_socket
+    assert notify("READY=1", path) is True
+    assert drain() == ["READY=1"]
+    assert notify("READY=1", None) is (bool(os.environ.get("NOTIFY_SOCKET")))
+
+
+def test_agent_reports_ready_and_stopping(broker, tmp_path, notify_socket):
+    path, drain = notify_socket
+    cfg = write_config(tmp_path / "c.toml", broker.port, tmp_path / "state")
+    agent = AgentProcess(cfg, env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"}).start()
+    try:
+        seen = []
+        assert wait_until(lambda: any(m.startswith("READY=1") for m in seen.extend(drain()) or seen), 15)
+        time.sleep(0.7)
+        assert drain().count("WATCHDOG=1") >= 2  # fed every WATCHDOG_USEC / 2 while healthy
+        assert agent.terminate() == 0
+        assert "STOPPING=1" in drain()
+    finally:
+        agent.kill()
+
+
+def test_watchdog_is_not_fed_while_a_loop_stalls(broker, tmp_path, notify_socket):
+    path, drain = notify_socket
+    settings = validate({"hall": {"id": "zg-001", "city": "zigong", "branch": "ziliujing"},
+                         "mqtt": {"host": "127.0.0.1", "port": broker.port, "drain_s": 1},
+                         "storage": {"dir": str(tmp_path / "state")},
+                         "sensors": [{"id": "env", "driver": "sht3x", "interval_s": 0.2}]})
+    agent = Agent(settings, simulate=True)
+    agent.start()
+    loops = [Loop(l.name, l.heartbeat, 2.5) for l in agent.loops()]
+    dog = Watchdog(loops, 0.2, send=lambda m: notify(m, path))
+    dog.start()
+    try:
+        fed = []
+        assert wait_until(lambda: (fed.extend(drain()) or fed).count("WATCHDOG=1") >= 3, 5)
+        with agent.alerts.lock:  # the rules tick blocks on this lock: a stalled loop
+            time.sleep(3.5)
+            drain()
+            time.sleep(1.0)
+            during = drain()
+        assert "WATCHDOG=1" not in during and any("rules-tick" in m for m in during + dog.stalled)
+        assert wait_until(lambda: "WATCHDOG=1" in drain(), 5)  # fed again once it moves
+    finally:
+        dog.stop()
+        agent.stop()
