@@ -117,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
         return Agent(settings, simulate=args.simulate, config_path=args.config).run()
     if args.command == "schedule":
         return _schedule(args)
+    if args.command == "doctor":
+        settings = _load(args)
+        if settings is None:
+            return EXIT_USAGE
+        from . import doctor
+        return doctor.run(settings, args.config)
     if args.command == "check":
         settings = _load(args)
         if settings is None:

@@ -1,0 +1,185 @@
+"""``hall-agent doctor``: what a field engineer checks first, each problem with its fix.
+
+Exit 1 when anything is wrong. It opens buses and ports briefly: stop the
+service first (``systemctl stop hall-agent``) if a port is busy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Settings, config_path
+from .config.models import I2C_DRIVERS, SERIAL_DRIVERS
+
+
+@dataclass
+class Finding:
+    ok: bool
+    what: str
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        mark = "ok     " if self.ok else "PROBLEM"
+        text = f"{mark}  {self.what}: {self.detail}"
+        return text + (f"\n         fix: {self.fix}" if not self.ok and self.fix else "")
+
+
+def check_config_file(settings: Settings, path: Path) -> list[Finding]:
+    out = []
+    try:
+        st = path.stat()
+    except OSError as e:
+        return [Finding(False, "config file", str(e))]
+    world = bool(st.st_mode & stat.S_IROTH)
+    if settings.mqtt.password is not None and world:
+        out.append(Finding(False, "config file", f"{path} holds the MQTT password and is world-readable",
+                           f"chmod o-r {path}, or move the password to mqtt.password_file (mode 0600)"))
+    else:
+        out.append(Finding(True, "config file", f"{path} ({stat.filemode(st.st_mode)})"))
+    pw = settings.mqtt.password_file
+    if pw is not None:
+        try:
+            pst = pw.stat()
+            if pst.st_mode & (stat.S_IRGRP | stat.S_IROTH):
+                out.append(Finding(False, "password file", f"{pw} is readable by others ({stat.filemode(pst.st_mode)})",
+                                   f"chmod 600 {pw}"))
+            elif pst.st_size == 0:
+                out.append(Finding(False, "password file", f"{pw} is empty", f"write the hall's password into {pw}"))
+            else:
+                out.append(Finding(True, "password file", f"{pw} ({stat.filemode(pst.st_mode)})"))
+        except OSError as e:
+            out.append(Finding(False, "password file", str(e), "create it, mode 0600"))
+    return out
+
+
+def check_sensors(settings: Settings, hardware) -> list[Finding]:
+    from .sensors import DRIVERS, SensorError
+    out = []
+    for bus in sorted({s.bus for s in settings.sensors if s.driver in I2C_DRIVERS}):
+        dev = Path(f"/dev/i2c-{bus}")
+        if not dev.exists():
+            out.append(Finding(False, f"I2C bus {bus}", f"{dev} missing",
+                               "sudo raspi-config nonint do_i2c 0 (then reboot), or fix sensors[].bus"))
+        elif not os.access(dev, os.R_OK | os.W_OK):
+            out.append(Finding(False, f"I2C bus {bus}", f"{dev} not accessible",
+                               "add the user to the i2c group: sudo usermod -aG i2c $USER"))
+        else:
+            out.append(Finding(True, f"I2C bus {bus}", str(dev)))
+    for cfg in settings.sensors:
+        where = (f"bus {cfg.bus} address {cfg.address:#04x}" if cfg.driver in I2C_DRIVERS else
+                 cfg.port if cfg.driver in SERIAL_DRIVERS else f"{cfg.w1_root}/{cfg.device}")
+        sensor = DRIVERS[cfg.driver](**hardware.sensor_options(cfg))
+        try:
+            sensor.start()
+            values = sensor.read()
+            out.append(Finding(True, f"sensor {cfg.id}", f"{cfg.driver} at {where} answers: "
+                               + ", ".join(f"{k} {v:g}" for k, v in values.items())))
+        except SensorError as e:
+            fix = {"absent": "check wiring, power and the address/port in the configuration",
+                   "checksum": "check the cable (length, shielding) and the connectors",
+                   "timeout": "check TX/RX and the baud rate, or wait for the part to warm up"}.get(e.kind, "")
+            out.append(Finding(False, f"sensor {cfg.id}", f"{cfg.driver} at {where}: {e.reason}", fix))
+        finally:
+            try:
+                sensor.close()
+            except Exception:
+                pass
+    return out
+
+
+def check_printers(settings: Settings) -> list[Finding]:
+    from .devices.printer import EscPosStatusReader
+    out = []
+    for cfg in settings.printers:
+        reader = EscPosStatusReader(cfg.port, cfg.baudrate, cfg.timeout_s)
+        state = reader.read()
+        reader.close()
+        if state.online or state.error is None or not state.error.startswith("not answering"):
+            out.append(Finding(True, f"printer {cfg.id}", f"{cfg.port}: " + json.dumps(state.as_dict())))
+        else:
+            out.append(Finding(False, f"printer {cfg.id}", state.error,
+                               "check the port name (ls /dev/serial/by-id), the cable and the baud rate; "
+                               "the user must be in the dialout group"))
+    return out
+
+
+def check_gpio(settings: Settings) -> list[Finding]:
+    if not settings.inputs and not any(e.relay_pin is not None for e in settings.equipment):
+        return []
+    chips = sorted(Path("/dev").glob("gpiochip*"))
+    if not chips:
+        return [Finding(False, "GPIO", "no /dev/gpiochip*", "this is not a Raspberry Pi, or the kernel lacks GPIO")]
+    bad = [c for c in chips if not os.access(c, os.R_OK | os.W_OK)]
+    if bad:
+        return [Finding(False, "GPIO", f"{', '.join(map(str, bad))} not accessible",
+                        "add the user to the gpio group: sudo usermod -aG gpio $USER")]
+    return [Finding(True, "GPIO", ", ".join(map(str, chips)))]
+
+
+def check_clock() -> list[Finding]:
+    from .scheduler import TimeSync
+    if TimeSync().synchronised():
+        return [Finding(True, "clock", "synchronised")]
+    return [Finding(False, "clock", "not synchronised (no opening/closing check will be scheduled)",
+                    "enable NTP: sudo timedatectl set-ntp true; check the network reaches an NTP server")]
+
+
+def check_storage(state_dir: Path) -> list[Finding]:
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        probe = state_dir / ".doctor"
+        probe.write_text("ok")
+        probe.unlink()
+        return [Finding(True, "state folder", str(state_dir))]
+    except OSError as e:
+        return [Finding(False, "state folder", f"{state_dir}: {e}", "create it, owned by the agent's user")]
+
+
+def check_broker(settings: Settings, timeout_s: float = 10.0) -> list[Finding]:
+    from .link import make_client
+    m = settings.mqtt
+    where = f"{m.host}:{m.effective_port}" + (" (TLS)" if m.tls else "")
+    done = threading.Event()
+    result: dict = {}
+    client = make_client(settings, f"{settings.client_id}-doctor")
+    client.on_connect = lambda c, u, f, rc, p: (result.update(rc=rc), done.set())
+    try:
+        client.connect(m.host, m.effective_port, 30)
+    except Exception as e:  # DNS, refused, TLS handshake, certificate
+        fix = "check mqtt.ca_file and that mqtt.host matches the broker's certificate" if "certificate" in str(e) \
+            else "check mqtt.host and mqtt.port, the network, and that the broker runs"
+        return [Finding(False, "broker", f"{where}: {e}", fix)]
+    client.loop_start()
+    try:
+        if not done.wait(timeout_s):
+            return [Finding(False, "broker", f"{where}: no CONNACK within {timeout_s:g} s", "check the port and TLS")]
+        rc = result["rc"]
+        if rc.is_failure:
+            return [Finding(False, "broker", f"{where}: refused ({rc})",
+                            "check mqtt.username and the password (file) against the broker's password file")]
+        return [Finding(True, "broker", f"{where}: connected as {m.username or 'anonymous'}")]
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def run(settings: Settings, path: str | None) -> int:
+    from .agent import storage_dir
+    from .hardware import Hardware
+    state_dir = storage_dir(settings, False)
+    hardware = Hardware(settings, state_dir)
+    findings = (check_config_file(settings, config_path(path)) + check_storage(state_dir) + check_clock()
+                + check_gpio(settings) + check_sensors(settings, hardware) + check_printers(settings)
+                + check_broker(settings))
+    hardware.close()
+    for f in findings:
+        print(f.line())
+    problems = sum(not f.ok for f in findings)
+    print(f"\n{problems} problem(s)" if problems else "\nall good")
+    return 1 if problems else 0
