@@ -136,6 +136,7 @@ def test_check_command_and_retained_report(broker, tmp_path):
     try:
         assert rec.wait_for(lambda r: r.payloads("/state/door.side"), 15)
         publish(broker.port, f"{base}/sim/input/door.side", "open")
+        assert rec.wait_for(lambda r: r.payloads("/state/door.side")[-1]["data"]["state"] == "open", 5)
         publish(broker.port, f"{base}/cmd", '{"id":"c1","command":"check","args":{"kind":"opening"}}')
         publish(broker.port, f"{base}/cmd", '{"id":"p1","command":"ping"}')  # not held up by the check
         assert rec.wait_for(lambda r: any(x["id"] == "c1" for x in r.payloads("/cmd/reply")), 15)
