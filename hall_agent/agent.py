@@ -236,6 +236,7 @@ class Agent:
         self.emit(self.events.agent("started", {"version": __version__, "simulate": self.simulate,
                                                 "outbox_depth": self.outbox.depth}))
         self._restore_alerts()
+        self.hardware.start_day(self.calendar, self._now)
         self.devices.start()
         self.sensors.start()
         self.scheduler.start()

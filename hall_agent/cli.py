@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     cfg(sub.add_parser("doctor", help="check buses, ports, pins, permissions and the broker"))
     watch = cfg(sub.add_parser("watch", help="live alert console for staff"))
     watch.add_argument("--scope", metavar="CITY[/BRANCH[/HALL]]")
+    watch.add_argument("--seconds", type=float, help=argparse.SUPPRESS)  # bounded run, for tests
     return p
 
 
@@ -117,6 +118,12 @@ def main(argv: list[str] | None = None) -> int:
         return Agent(settings, simulate=args.simulate, config_path=args.config).run()
     if args.command == "schedule":
         return _schedule(args)
+    if args.command == "watch":
+        settings = _load(args)
+        if settings is None:
+            return EXIT_USAGE
+        from . import watch
+        return watch.run(settings, args.scope, seconds=args.seconds)
     if args.command == "doctor":
         settings = _load(args)
         if settings is None:
@@ -129,8 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
         from .oneshot import run_check
         return run_check(settings, args)
-    print(f"hall-agent {args.command}: not available yet in this version "
-          f"(see the project's open issues)", file=sys.stderr)
+    parser.print_help(sys.stderr)
     return EXIT_USAGE
 
 

@@ -68,6 +68,9 @@ class Hardware:
     def attach(self, devices) -> None:
         """Called once the hall's devices exist (the simulation needs them)."""
 
+    def start_day(self, calendar, now) -> None:
+        """The simulation's plausible day; nothing on real hardware."""
+
     def probe(self, url: str, timeout_s: float):
         from .devices.equipment import probe
         return probe(url, timeout_s)

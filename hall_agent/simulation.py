@@ -14,6 +14,9 @@ folders. The real drivers read them. Control topics under the hall's base:
 - ``sim/equipment/{equipment_id}``: ``{"reachable": bool}`` (equipment whose
   relay is off never answers). No probe leaves the machine.
 
+Without control messages the hall lives a plausible day (``simday.py``); a
+part that gets a ``sim/…`` message is left as the message set it.
+``HALL_AGENT_SIM_DAY=0`` turns the day off (tests want fixed values);
 ``HALL_AGENT_SIM_FAST=1`` shortens the parts' own rhythms (SCD4x period,
 SGP30 warm-up) for tests.
 """
@@ -107,6 +110,14 @@ class Simulation(Hardware):
     def attach(self, devices) -> None:
         self._devices = devices
 
+    def start_day(self, calendar, now) -> None:
+        from .simday import SimulatedDay
+        self.day = None
+        if os.environ.get("HALL_AGENT_SIM_DAY", "1") != "0":
+            self.day = SimulatedDay(self, calendar, now)
+            self.day.step(now())
+            self.day.start()
+
     def probe(self, url: str, timeout_s: float) -> ProbeResult:
         eid = self.probe_urls.get(url)
         devices = getattr(self, "_devices", None)
@@ -118,6 +129,8 @@ class Simulation(Hardware):
     # -- control --------------------------------------------------------------------
     def control(self, kind: str, part_id: str, payload: bytes, devices) -> str | None:
         """Apply a ``sim/{kind}/{id}`` message; returns an error text or None."""
+        if getattr(self, "day", None) is not None:
+            self.day.manual.add(part_id)
         if kind == "sensor":
             return self.control_sensor(part_id, payload)
         if kind == "input":
@@ -197,6 +210,8 @@ class Simulation(Hardware):
             device.fault = fault
 
     def close(self) -> None:
+        if getattr(self, "day", None) is not None:
+            self.day.stop()
         for device in self.devices.values():
             if hasattr(device, "close"):
                 device.close()

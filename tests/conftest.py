@@ -5,6 +5,12 @@ import pytest
 from mqtt_helpers import MOSQUITTO, Broker
 
 
+@pytest.fixture(autouse=True)
+def no_simulated_day(monkeypatch):
+    """Simulated halls keep the values tests give them (test_simday turns the day on)."""
+    monkeypatch.setenv("HALL_AGENT_SIM_DAY", "0")
+
+
 @pytest.fixture
 def broker(tmp_path):
     if not shutil.which(MOSQUITTO):

@@ -189,7 +189,8 @@ class AgentProcess:
     def __init__(self, config: Path, *args: str, env: dict | None = None):
         self.config = config
         self.args = args
-        self.env = {**os.environ, **(env or {})}
+        # the simulated day would move values the tests set: off unless a test asks for it
+        self.env = {**os.environ, "HALL_AGENT_SIM_DAY": "0", **(env or {})}
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "AgentProcess":
