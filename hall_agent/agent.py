@@ -95,6 +95,9 @@ class Agent:
                                         self.state_dir / "checks-done.json", settings.checks.misfire_grace_min,
                                         settings.checks.require_time_sync and not simulate)
         self.last_checks: dict[str, dict] = {}
+        if settings.homeassistant.enabled:
+            from .homeassistant import Discovery
+            self.discovery = Discovery(settings, self.link)
         self.status_providers["checks"] = lambda: {k: v["result"] for k, v in self.last_checks.items()}
         self.dispatcher.register("reset", self.devices.reset_command, allowed=lambda: settings.commands.allow_reset,
                                  refusal="reset is disabled on this hall ([commands] allow_reset = false)")

@@ -98,6 +98,7 @@ class Link:
         self._inbox: queue.Queue[Incoming | None] = queue.Queue(maxsize=1000)
         self._delay = self.min_delay
         self._pump_lock = threading.Lock()
+        self.on_connected: list[Callable[[], None]] = []  # run in the network thread: must not block
         self._threads: list[threading.Thread] = []
         self.connects = 0
         self.heartbeat = time.monotonic()  # the network loop's last turn
@@ -125,6 +126,10 @@ class Link:
     def subscribe(self, suffix: str, handler: Handler) -> None:
         """Handle messages on ``{base}/{suffix}`` (wildcards allowed); restored on every reconnect."""
         self._handlers[f"{self.base}/{suffix}"] = handler
+
+    def subscribe_absolute(self, topic: str, handler: Handler) -> None:
+        """Handle messages on a topic outside the hall's base (Home Assistant's status)."""
+        self._handlers[topic] = handler
 
     @property
     def connected(self) -> bool:
@@ -225,6 +230,11 @@ class Link:
         for topic in self._handlers:  # before "online": a command sent on seeing it is not missed
             client.subscribe(topic, qos=1)
         client.publish(self.status_topic, self.status_payload("online", None), 1, True)
+        for hook in self.on_connected:
+            try:
+                hook()
+            except Exception:
+                log.exception("on-connect hook failed")
         log.info("connected to MQTT broker %s:%s (%s)", self.settings.mqtt.host,
                  self.settings.mqtt.effective_port, "reconnect" if self.connects > 1 else "first connect")
         self._connected.set()
