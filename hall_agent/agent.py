@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import contextmanager
 import os
 import signal
 import threading
@@ -65,6 +66,7 @@ class Agent:
         self.link.subscribe("cmd", self._on_command)
         self.status_providers: dict[str, Callable[[], Any]] = {}
         self._stop = threading.Event()
+        self._local = threading.local()
         self._threads: list[threading.Thread] = []
         self.tick_heartbeat = time.monotonic()
         self.watchdog = None
@@ -78,7 +80,8 @@ class Agent:
         self.sensors = SensorLoop(self.hardware.sensor_specs(), self._on_reading, self._on_sensor_fault,
                                   self._on_sensor_recover)
         self.devices = HallDevices(settings, self.events, self.emit, pin_factory=self.hardware.pin_factory(),
-                                   printer_port=self.hardware.serial_port, probe_fn=self.hardware.probe)
+                                   printer_port=self.hardware.serial_port, probe_fn=self.hardware.probe,
+                                   batch=self.batch)
         self.hardware.attach(self.devices)
         self.calendar = BusinessCalendar(settings.hours, settings.hall.timezone, settings.checks.opening_lead_min,
                                          settings.checks.closing_delay_min)
@@ -171,11 +174,32 @@ class Agent:
             log.warning("sim/%s/%s: %s", kind, part_id, problem)
 
     # -- events -------------------------------------------------------------------
-    def emit(self, env: Envelope) -> int:
-        """Commit an envelope to the outbox and wake the link; returns its seq."""
+    def emit(self, env: Envelope) -> int | None:
+        """Commit an envelope to the outbox and hand it to MQTT; returns its seq
+        (None inside ``batch()``, which commits at its end)."""
+        pending = getattr(self._local, "batch", None)
+        if pending is not None:
+            pending.append(env)
+            return None
         seq = self.outbox.enqueue(env)
         self.link.kick()
         return seq
+
+    @contextmanager
+    def batch(self):
+        """Envelopes emitted in the block go out together: one commit, one hand-over
+        (an alarm's alert and state reach the broker without waiting on each other)."""
+        if getattr(self._local, "batch", None) is not None:
+            yield  # already batching
+            return
+        self._local.batch = []
+        try:
+            yield
+        finally:
+            envs, self._local.batch = self._local.batch, None
+            if envs:
+                self.outbox.enqueue_many(envs)
+                self.link.kick()
 
     def _overflow_event(self, dropped: Dropped) -> Envelope:
         return self.events.agent("outbox-overflow", {

@@ -98,6 +98,7 @@ class Link:
         self._inbox: queue.Queue[Incoming | None] = queue.Queue(maxsize=1000)
         self._delay = self.min_delay
         self._pump_lock = threading.Lock()
+        self._done: list[int] = []
         self.on_connected: list[Callable[[], None]] = []  # run in the network thread: must not block
         self._threads: list[threading.Thread] = []
         self.connects = 0
@@ -267,6 +268,9 @@ class Link:
         while not self._stopping.is_set():
             self.pump_heartbeat = time.monotonic()
             self._wake.wait(0.5)
+            # let acknowledgements gather for a moment: fewer, larger deletes, and no
+            # database work on the heels of an alarm that is still on its way out
+            self._stopping.wait(0.005)
             self._wake.clear()
             try:
                 connected = self.connected
@@ -274,9 +278,11 @@ class Link:
                     self._settle_acks()
                     if connected and not was_connected:
                         self._requeue_lost_qos0()
+                self._remove_done()
                 was_connected = connected
                 while connected and self._hand_over_batch():
                     connected = self.connected
+                    self._remove_done()
             except Exception:  # the pump must survive anything one message can do
                 log.exception("outbox pump error")
                 self._stopping.wait(1.0)
@@ -284,12 +290,14 @@ class Link:
     def kick(self) -> None:
         """Hand new outbox rows to paho now, from the calling thread (the alarm path
         does not wait for the pump thread to wake up)."""
+        more = True
         if self.connected:
             try:
-                self._hand_over_batch()
+                more = self._hand_over_batch(settle=False)  # removing acknowledged rows is the pump's job
             except Exception:
                 log.exception("outbox hand-over error")
-        self._wake.set()
+        if more:
+            self._wake.set()
 
     def _settle_acks(self) -> None:
         done = []
@@ -297,6 +305,11 @@ class Link:
             row = self._in_flight.pop(self._acks.popleft(), None)
             if row is not None:
                 done.append(row.pos)
+        self._done.extend(done)
+
+    def _remove_done(self) -> None:
+        """Delete acknowledged rows (outside the pump lock: the alarm path may want it)."""
+        done, self._done = self._done, []
         self.outbox.done(done)
 
     def _requeue_lost_qos0(self) -> None:
@@ -304,10 +317,11 @@ class Link:
         lost = [mid for mid, row in self._in_flight.items() if row.qos == 0]
         self._retry = [self._in_flight.pop(mid) for mid in lost] + self._retry
 
-    def _hand_over_batch(self, batch: int = 50) -> bool:
+    def _hand_over_batch(self, batch: int = 50, settle: bool = True) -> bool:
         """Publish up to ``batch`` rows in order; True if more may be waiting."""
         with self._pump_lock:
-            self._settle_acks()
+            if settle:
+                self._settle_acks()
             room = min(batch, self.window - len(self._in_flight))
             if room <= 0 or not self.connected:
                 return False

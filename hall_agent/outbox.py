@@ -114,7 +114,7 @@ class Outbox:
         self._next_seq = self._meta("next_seq", 1)
         self.dropped_total = self._meta("dropped_total", 0)
         last = self._db.execute("SELECT MAX(seq) FROM outbox").fetchone()[0]
-        if last is not None and last >= self._next_seq:  # belt and braces: never reuse a seq
+        if last is not None and last >= self._next_seq:  # rows committed since the last delete
             self._next_seq = last + 1
         self.depth, self.bytes = self._db.execute(
             f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload) + LENGTH(topic) + {ROW_OVERHEAD}), 0) "
@@ -132,17 +132,24 @@ class Outbox:
     # -- writing -------------------------------------------------------------
     def enqueue(self, env: Envelope) -> int:
         """Commit the envelope (all its routes) and return its seq."""
-        if not env.routes:
-            raise ValueError(f"envelope {env.type} has no route")
+        return self.enqueue_many([env])[0]
+
+    def enqueue_many(self, envs: list[Envelope]) -> list[int]:
+        """Commit several envelopes in one transaction, seqs in list order."""
+        for env in envs:
+            if not env.routes:
+                raise ValueError(f"envelope {env.type} has no route")
         with self._lock:
-            seq = self._next_seq
-            payload = env.encode(seq)
-            rows = [(seq, env.type, r.topic, payload, r.qos, int(r.retain)) for r in env.routes]
-            self._commit(rows, durable=self._durable(env.type), next_seq=seq + 1)
-            self._next_seq = seq + 1
+            first = self._next_seq
+            rows = []
+            for seq, env in enumerate(envs, first):
+                payload = env.encode(seq)
+                rows += [(seq, env.type, r.topic, payload, r.qos, int(r.retain)) for r in env.routes]
+            self._commit(rows, durable=any(self._durable(env.type) for env in envs))
+            self._next_seq = first + len(envs)
             if self.bytes > self.max_bytes:
                 self._overflow()
-            return seq
+            return list(range(first, first + len(envs)))
 
     def enqueue_raw(self, topic: str, payload: bytes, qos: int = 1, retain: bool = True) -> None:
         """A message without an envelope (the empty retained message that clears an alert)."""
@@ -153,14 +160,12 @@ class Outbox:
         """Whether this commit must reach the disk soon (now, with ``always``)."""
         return self.fsync == "always" or (self.fsync == "events" and type_ not in DROPPABLE)
 
-    def _commit(self, rows: list[tuple], durable: bool, next_seq: int | None = None) -> None:
+    def _commit(self, rows: list[tuple], durable: bool) -> None:
         self._set_sync("FULL" if durable and self.fsync == "always" else "NORMAL")
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany("INSERT INTO outbox(seq, type, topic, payload, qos, retain) VALUES (?,?,?,?,?,?)", rows)
-            if next_seq is not None:
-                db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('next_seq', ?)", (next_seq,))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -193,6 +198,7 @@ class Outbox:
                         break
                     victims.append((pos, seq, size))
                 self._db.execute("BEGIN IMMEDIATE")
+                self._record_next_seq()
                 self._db.executemany("DELETE FROM outbox WHERE pos = ?", [(v[0],) for v in victims])
                 self.dropped_total += len(victims)
                 self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('dropped_total', ?)",
@@ -234,6 +240,7 @@ class Outbox:
                 return
             self._set_sync("NORMAL")
             self._db.execute("BEGIN IMMEDIATE")
+            self._record_next_seq()
             self._db.executemany("DELETE FROM outbox WHERE pos = ?", [(p,) for p in known])
             self._db.execute("COMMIT")
             self._dirty = True
@@ -289,6 +296,11 @@ class Outbox:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             finally:
                 self._db.close()
+
+    def _record_next_seq(self) -> None:
+        """With every delete: the seq counter survives an empty outbox. (Rows still in the
+        table keep it too: at open, next_seq = max(recorded, MAX(seq) + 1).)"""
+        self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('next_seq', ?)", (self._next_seq,))
 
     def _meta(self, key: str, default: int) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

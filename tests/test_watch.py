@@ -64,7 +64,10 @@ def test_console_renders_halls_alerts_and_checks(broker, tmp_path):
     assert "营业厅 halls: 3" in screen and "在线 online: 0" in screen  # the simulations were stopped (killed)
     lines = screen.splitlines()
     alert_lines = [l for l in lines if "panic" in l or "door open after hours" in l]
-    assert "紧急报警 panic button [panic.1]" in alert_lines[0] and alert_lines[0].strip().startswith("I ")
+    panic_line = next(l for l in alert_lines if "紧急报警 panic button [panic.1]" in l)
+    assert panic_line.strip().startswith("I ") and "zigong/ziliujing/zg-001" in panic_line
+    door_line = next(l for l in alert_lines if "door open after hours [door.side]" in l)
+    assert door_line.strip().startswith("I ") and "zigong/ziliujing/zg-002" in door_line
     assert any("非营业时间门开 door open after hours [door.side]" in l for l in alert_lines)
     hall1 = next(l for l in lines if l.strip().startswith("zigong/ziliujing/zg-001"))
     assert "未通过 FAIL" in hall1  # its opening check failed (panic active, door ok)

@@ -8,6 +8,7 @@ factory; it knows nothing of MQTT or disk.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from typing import Any, Callable
@@ -31,7 +32,9 @@ SYSTEM = Moment("system", 2)
 class HallDevices:
     def __init__(self, settings: Settings, events: Events, emit: Callable[[Envelope], Any], pin_factory=None,
                  printer_port: Callable[[str, str], str] = lambda pid, port: port,
-                 probe_fn: Callable[[str, float], ProbeResult] = probe):
+                 probe_fn: Callable[[str, float], ProbeResult] = probe,
+                 batch: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
+        self.batch = batch
         self.settings = settings
         self.events = events
         self.emit = emit
@@ -83,9 +86,10 @@ class HallDevices:
             env = self.events.state(change.id, data, moment=INTERNAL)
         else:
             env = self.events.state(change.id, data)
-        self.emit(env)
-        for listener in self.listeners:
-            listener(change.kind, change.id, data)
+        with self.batch():  # the alert the rules raise and the state: one commit, one hand-over
+            for listener in self.listeners:
+                listener(change.kind, change.id, data)
+            self.emit(env)
         if change.kind == "reset" and change.active and not change.at_boot:
             cfg = next(c for c in self.settings.inputs if c.id == change.id)
             for panic_id in cfg.resets:

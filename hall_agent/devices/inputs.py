@@ -155,13 +155,14 @@ class InputWatcher:
         now = self.clock()
         with self._lock:
             changed = self.debouncer.edge(self._level(), now)
-            self._arm_timer()
         if changed is not None:
-            self._changed(changed)
+            self._changed(changed)  # first the change (the alarm path), then the bookkeeping
+        with self._lock:
+            self._arm_timer()
 
     def _arm_timer(self) -> None:
         at = self.debouncer.settle_at()
-        if at is None:
+        if at is None or self.debouncer.bounce_s == 0:
             return
         if self._timer is not None:
             self._timer.cancel()
