@@ -84,7 +84,7 @@ class Agent:
                                    batch=self.batch)
         self.hardware.attach(self.devices)
         self.calendar = BusinessCalendar(settings.hours, settings.hall.timezone, settings.checks.opening_lead_min,
-                                         settings.checks.closing_delay_min)
+                                         settings.checks.closing_delay_min, cache_dir=self.state_dir)
         self.engine = RulesEngine(build_rules(settings), self.calendar.is_open, settings.hall.timezone)
         self.alerts = Alerts(self.engine, self.events, self.emit, self.outbox, self.state_dir / "alerts.json",
                              self._now)
@@ -313,7 +313,7 @@ class Agent:
         old = self.settings
         if new.hours != old.hours or new.checks != old.checks or new.hall.timezone != old.hall.timezone:
             self.calendar = BusinessCalendar(new.hours, new.hall.timezone, new.checks.opening_lead_min,
-                                             new.checks.closing_delay_min)
+                                             new.checks.closing_delay_min, cache_dir=self.state_dir)
             self.engine.is_open = self.calendar.is_open
             self.scheduler.rebuild(self.calendar)
             log.info("reloaded: business hours and checks rescheduled")

@@ -19,10 +19,12 @@ an ambiguous one takes its first occurrence.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from functools import lru_cache
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from .config.models import WEEKDAYS, HoursSection, parse_hours
@@ -41,8 +43,10 @@ class Run:
 
 
 class BusinessCalendar:
-    def __init__(self, hours: HoursSection, timezone: str, opening_lead_min: int = 30, closing_delay_min: int = 15):
+    def __init__(self, hours: HoursSection, timezone: str, opening_lead_min: int = 30, closing_delay_min: int = 15,
+                 cache_dir: Path | None = None):
         self.hours = hours
+        self.cache_dir = cache_dir
         self.tz = ZoneInfo(timezone)
         self.lead = timedelta(minutes=opening_lead_min)
         self.delay = timedelta(minutes=closing_delay_min)
@@ -54,15 +58,36 @@ class BusinessCalendar:
         """(closed holidays, make-up working day -> the day off it stands in for)."""
         if not self.hours.holidays:
             return {}, {}
-        import holidays
-        country, _, subdiv = self.hours.holidays.partition("-")
-        table = holidays.country_holidays(country, subdiv=subdiv or None, years=[year - 1, year, year + 1])
+        table = self._table(year)
         closed, makeup = {}, {}
-        for day, name in table.items():
+        for iso, name in table.items():
+            day = date.fromisoformat(iso)
             closed[day] = name
             for m in _SUBSTITUTED.finditer(name):
                 makeup[date(int(m[3]), int(m[1]), int(m[2]))] = day
         return closed, makeup
+
+    def _table(self, year: int) -> dict[str, str]:
+        """The ``holidays`` package's dates around ``year``, cached as JSON in the
+        state folder: the package (some 10 MB once loaded) is imported only for a
+        year not seen before."""
+        cache = self.cache_dir / f"holidays-{self.hours.holidays}-{year}.json" if self.cache_dir else None
+        if cache is not None:
+            try:
+                return json.loads(cache.read_text())
+            except (OSError, ValueError):
+                pass
+        import holidays
+        country, _, subdiv = self.hours.holidays.partition("-")
+        table = {d.isoformat(): n for d, n in
+                 holidays.country_holidays(country, subdiv=subdiv or None, years=[year - 1, year, year + 1]).items()}
+        if cache is not None:
+            try:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                cache.write_text(json.dumps(table, ensure_ascii=False))
+            except OSError:
+                pass
+        return table
 
     def why(self, day: date) -> str:
         """Which rule decided the day's hours (for ``schedule`` and check reports)."""

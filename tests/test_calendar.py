@@ -83,3 +83,15 @@ def test_schedule_cli_json(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "hall_agent", "schedule", "-c", str(cfg), "--from", "tomorrow"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "not a date" in bad.stderr
+
+
+def test_holiday_tables_are_cached_in_the_state_folder(tmp_path):
+    c = BusinessCalendar(HoursSection(), "Asia/Shanghai", cache_dir=tmp_path)
+    assert c.hours_on(date(2026, 10, 1)) is None
+    cached = json.loads((tmp_path / "holidays-CN-2026.json").read_text())
+    assert cached["2026-10-01"] == "National Day"
+    # a second calendar reads the cache (here: a doctored one) instead of the package
+    cached["2026-11-27"] = "test day"
+    (tmp_path / "holidays-CN-2026.json").write_text(json.dumps(cached))
+    c2 = BusinessCalendar(HoursSection(), "Asia/Shanghai", cache_dir=tmp_path)
+    assert c2.hours_on(date(2026, 11, 27)) is None and c2.why(date(2026, 11, 27)) == "holiday: test day"
