@@ -16,4 +16,4 @@ def test_bench_quick_prints_a_table_and_writes_json():
                  "footprint: RSS", "fleet: 5 halls"):
         assert name in r.stdout, name
     rows = json.loads((ROOT / "bench" / "results" / "latest.json").read_text())["rows"]
-    assert all(row["ours"] > 0 and row["raw_paho"] > 0 for row in rows)
+    assert all(row["ours"] > 0 and row["raw_paho"] >= 0 for row in rows)
