@@ -135,12 +135,9 @@ class Simulation(Hardware):
             return self.control_sensor(part_id, payload)
         if kind == "input":
             return self.control_input(part_id, payload.decode(errors="replace").strip().strip('"'), devices)
-        try:
-            doc = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
-            return "payload is not JSON"
-        if not isinstance(doc, dict):
-            return "payload must be a JSON object"
+        doc, problem = _json_object(payload)
+        if problem:
+            return problem
         if kind == "printer":
             printer = self.devices.get(part_id)
             if not isinstance(printer, EscPosPrinter):
@@ -176,12 +173,9 @@ class Simulation(Hardware):
         device = self.devices.get(sensor_id)
         if device is None:
             return f"no simulated sensor {sensor_id!r}"
-        try:
-            doc = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
-            return "payload is not JSON"
-        if not isinstance(doc, dict):
-            return "payload must be a JSON object"
+        doc, problem = _json_object(payload)
+        if problem:
+            return problem
         if "fault" in doc:
             self._set_fault(device, doc.pop("fault"))
         values = {k: v for k, v in doc.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -216,3 +210,14 @@ class Simulation(Hardware):
             if hasattr(device, "close"):
                 device.close()
         super().close()
+
+
+def _json_object(payload: bytes) -> tuple[dict, str | None]:
+    """A control message's JSON object, or the reason it is not one."""
+    try:
+        doc = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return {}, "payload is not JSON"
+    if not isinstance(doc, dict):
+        return {}, "payload must be a JSON object"
+    return doc, None

@@ -45,14 +45,18 @@ class Debouncer:
         self.lock_until = float("-inf")
         self.deadline: float | None = None
 
+    def _lead(self, level: bool, now: float) -> bool | None:
+        """Leading edge: a different level counts at once, outside the lock-out."""
+        if now >= self.lock_until and level != self.state:
+            self.state = level
+            self.lock_until = now + self.bounce_s
+            return level
+        return None
+
     def edge(self, level: bool, now: float) -> bool | None:
         """An edge to ``level``; returns the new accepted state, or None for no change yet."""
         if self.leading:
-            if now >= self.lock_until and level != self.state:
-                self.state = level
-                self.lock_until = now + self.bounce_s
-                return level
-            return None
+            return self._lead(level, now)
         self.deadline = now + self.bounce_s
         if self.bounce_s == 0 and level != self.state:
             self.state = level
@@ -68,11 +72,7 @@ class Debouncer:
     def settle(self, level: bool, now: float) -> bool | None:
         """At (or after) ``settle_at``, with the pin's current level."""
         if self.leading:
-            if now >= self.lock_until and level != self.state:
-                self.state = level
-                self.lock_until = now + self.bounce_s
-                return level
-            return None
+            return self._lead(level, now)
         if self.deadline is not None and now >= self.deadline:
             self.deadline = None
             if level != self.state:

@@ -24,9 +24,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-import serial
-
-from ..sensors.uart import PORT_ERRORS
+from ..sensors.base import SensorAbsent
+from ..sensors.uart import SerialPort
 
 log = logging.getLogger(__name__)
 
@@ -80,32 +79,19 @@ class EscPosStatusReader:
 
     def __init__(self, port: str, baudrate: int = 9600, timeout_s: float = 1.0):
         self.port = port
-        self.baudrate = baudrate
         self.timeout_s = timeout_s
-        self._serial: serial.SerialBase | None = None
+        self.serial = SerialPort(port, baudrate, timeout_s=0.05, model="printer")
         self.skipped = 0
         self._lock = threading.Lock()  # the poller and a check may ask at the same time
 
-    def _open(self) -> serial.SerialBase:
-        if self._serial is None:
-            self._serial = serial.serial_for_url(self.port, baudrate=self.baudrate, timeout=0.05,
-                                                 xonxoff=False, rtscts=False)
-        return self._serial
-
     def close(self) -> None:
-        if self._serial is not None:
-            try:
-                self._serial.close()
-            except Exception:
-                pass
-            self._serial = None
+        self.serial.close()
 
-    def _ask(self, s: serial.SerialBase, n: int) -> int | None:
-        s.write(DLE_EOT + bytes([n]))
-        s.flush()
+    def _ask(self, n: int) -> int | None:
+        self.serial.write(DLE_EOT + bytes([n]))  # drops what was waiting: only the answer counts
         deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:
-            data = s.read(1)
+            data = self.serial.read(1)
             if not data:
                 continue
             if is_status_byte(data[0]):
@@ -115,25 +101,18 @@ class EscPosStatusReader:
 
     def read(self) -> PrinterState:
         with self._lock:
-            return self._read()
-
-    def _read(self) -> PrinterState:
-        try:
-            s = self._open()
-        except (*PORT_ERRORS, ValueError) as e:
-            return not_answering(self.port, f"cannot open the port ({e})")
-        try:
-            s.reset_input_buffer()
             status = {}
-            for n in (1, 2, 3, 4):
-                b = self._ask(s, n)
-                if b is None:
-                    return not_answering(self.port, f"no status reply within {self.timeout_s:g} s")
-                status[n] = b
-        except PORT_ERRORS as e:
-            self.close()  # reopened on the next poll
-            return not_answering(self.port, f"the port went away ({e})")
-        return decode(status)
+            try:
+                for n in (1, 2, 3, 4):
+                    b = self._ask(n)
+                    if b is None:
+                        return not_answering(self.port, f"no status reply within {self.timeout_s:g} s")
+                    status[n] = b
+            except SensorAbsent as e:  # missing, or gone: reopened on the next poll
+                reason = e.reason.split(": ", 1)[-1]
+                return not_answering(self.port, reason.replace(f"{self.port} went away", "the port went away")
+                                     .replace(f"cannot open {self.port}", "cannot open the port"))
+            return decode(status)
 
 
 class PrinterMonitor:

@@ -117,6 +117,14 @@ class SerialPort:
         except PORT_ERRORS as e:
             raise self._lost(e) from None
 
+    def read(self, n: int = 1) -> bytes:
+        """Up to ``n`` bytes, waiting at most the port's timeout."""
+        s = self._open()
+        try:
+            return s.read(n)
+        except (*PORT_ERRORS, TypeError) as e:
+            raise self._lost(e) from None
+
     def discard_input(self) -> None:
         s = self._open()
         try:
