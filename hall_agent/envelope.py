@@ -61,6 +61,10 @@ class Envelope:
 
 SYSTEM = Moment("system", 2)
 INTERNAL = Moment("internal", 2)
+#: routine traffic is a moment too, of the lowest quadrant: every envelope carries one
+ROUTINE_READING = Moment("internal", 4)
+ROUTINE_HEALTH = Moment("system", 4)
+ROUTINE_STATE = Moment("internal", 3)
 
 
 class Events:
@@ -90,16 +94,17 @@ class Events:
 
     def reading(self, sensor_id: str, model: str, values: dict[str, float]) -> Envelope:
         route = Publication(self.topic(f"telemetry/{sensor_id}"), self.telemetry_qos, True)
-        return self._make("reading", sensor_id, {"model": model, "values": values}, "info", None, (route,))
+        return self._make("reading", sensor_id, {"model": model, "values": values}, "info", ROUTINE_READING,
+                          (route,))
 
     def health(self, data: dict[str, Any]) -> Envelope:
-        return self._make("health", "agent", data, "info", SYSTEM,
+        return self._make("health", "agent", data, "info", ROUTINE_HEALTH,
                           (Publication(self.topic("health"), 0, True),))
 
     def state(self, source: str, data: dict[str, Any], severity: str = "info",
               moment: Moment | None = None) -> Envelope:
         routes = (Publication(self.topic(f"state/{source}"), 1, True), self._audit())
-        return self._make("state", source, data, severity, moment, routes)
+        return self._make("state", source, data, severity, moment or ROUTINE_STATE, routes)
 
     def alert(self, rule: str, source: str, data: dict[str, Any], severity: str, moment: Moment,
               retain: bool = True) -> Envelope:

@@ -74,7 +74,7 @@ def test_envelope_fields(tmp_path):
     doc = json.loads(env.encode(42))
     assert doc == {"schema": 1, "id": env.id, "seq": 42, "ts": "2026-11-26T08:30:00.123+08:00",
                    "hall": "zg-001", "type": "reading", "source": "env.hall", "severity": "info",
-                   "moment": None, "data": {"model": "sht3x", "values": {"temperature_c": 23.41}}}
+                   "moment": {"category": "internal", "priority": 4}, "data": {"model": "sht3x", "values": {"temperature_c": 23.41}}}
     assert env.routes[0].topic == "halls/z/b/zg-001/telemetry/env.hall" and env.routes[0].retain
     assert env.id != ev.reading("env.hall", "sht3x", {}).id
 

@@ -34,11 +34,12 @@ def test_built_envelopes_validate(tmp_path):
 
 def test_schema_rejects_what_it_should():
     good = {"schema": 1, "id": "a", "seq": 1, "ts": "2026-11-26T08:30:00.123+08:00", "hall": "zg-001",
-            "type": "reading", "source": "s", "severity": "info", "moment": None,
+            "type": "reading", "source": "s", "severity": "info", "moment": {"category": "internal", "priority": 4},
             "data": {"model": "sht3x", "values": {"temperature_c": 1.0}}}
     ENVELOPE.validate(good)
     for bad in ({**good, "seq": 0}, {**good, "ts": "2026-11-26 08:30"},
-                {**good, "data": {"model": "x", "values": {"temp": 1}}}, {**good, "extra": 1}):
+                {**good, "data": {"model": "x", "values": {"temp": 1}}}, {**good, "extra": 1},
+                {**good, "moment": None}, {**good, "moment": {"category": "fun", "priority": 1}}):
         with pytest.raises(jsonschema.ValidationError):
             ENVELOPE.validate(bad)
 
