@@ -165,10 +165,9 @@ class Link:
         props = None
         if self.settings.mqtt.protocol == 5:
             props = Properties(PacketTypes.DISCONNECT)
-        self.client.disconnect(properties=props)
+        self.client.disconnect(properties=props)  # the network thread sends it, then ends
         for t in self._threads:
             t.join(timeout=5)
-        self.client.loop(0.01) if self.client.is_connected() else None
         return drained
 
     # -- network thread ------------------------------------------------------

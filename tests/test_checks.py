@@ -151,3 +151,25 @@ def test_check_command_and_retained_report(broker, tmp_path):
     finally:
         agent.kill()
         rec.close()
+
+
+def test_cli_check_asks_the_running_agent(broker, tmp_path):
+    cfg = write_config(tmp_path / "c.toml", broker.port, tmp_path / "state",
+                       "[checks]\nsettle_s = 0.2\n[[inputs]]\nid='door.side'\nkind='door'\npin=17\ncontact='nc'\n")
+    rec = Recorder(broker.port, ["halls/zigong/ziliujing/zg-001/#"])
+    agent = AgentProcess(cfg, "--simulate").start()  # holds the state folder's lock
+    try:
+        assert rec.wait_for(lambda r: r.payloads("/state/door.side"), 15)
+        r = subprocess.run([sys.executable, "-m", "hall_agent", "check", "closing", "-c", str(cfg), "--json"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        data = json.loads(r.stdout)
+        CHECK.validate(data)
+        assert data["check"] == "closing" and data["items"] == [{"id": "door.side", "result": "pass",
+                                                                  "detail": "door closed"}]
+        assert rec.wait_for(lambda r: any(c["data"]["check"] == "closing" for c in r.payloads("/check/closing")), 5)
+        commands = [e["data"] for e in rec.payloads("/event") if e["type"] == "command"]
+        assert commands and commands[-1]["command"] == "check"  # it went through the agent
+    finally:
+        agent.kill()
+        rec.close()
