@@ -159,13 +159,16 @@ class Link:
                 info.wait_for_publish(max(0.1, deadline - time.monotonic()))
             except (RuntimeError, ValueError):
                 pass
-        self._stopping.set()
-        self._wake.set()
-        self._inbox.put(None)
         props = None
         if self.settings.mqtt.protocol == 5:
             props = Properties(PacketTypes.DISCONNECT)
-        self.client.disconnect(properties=props)  # the network thread sends it, then ends
+        self.client.disconnect(properties=props)  # a clean DISCONNECT: the broker drops the last will
+        deadline = time.monotonic() + 2.0
+        while self.client.want_write() and time.monotonic() < deadline:
+            time.sleep(0.01)  # the network thread writes it
+        self._stopping.set()
+        self._wake.set()
+        self._inbox.put(None)
         for t in self._threads:
             t.join(timeout=5)
         return drained
