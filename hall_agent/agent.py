@@ -262,6 +262,10 @@ class Agent:
         self.link.start()
         self.emit(self.events.agent("started", {"version": __version__, "simulate": self.simulate,
                                                 "outbox_depth": self.outbox.depth}))
+        if self.outbox.set_aside is not None:
+            self.emit(self.events.agent("outbox-corrupt", {"moved_to": str(self.outbox.set_aside),
+                      "detail": "the outbox file was unreadable; envelopes in it were not sent and seq restarted"},
+                      severity="critical", moment=Moment("system", 1)))
         self._restore_alerts()
         self.hardware.start_day(self.calendar, self._now)
         self.devices.start()

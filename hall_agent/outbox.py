@@ -104,10 +104,18 @@ class Outbox:
         self.fsync = fsync
         self.on_overflow = on_overflow
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints (and their fsyncs) are the syncer's
-        self._db.executescript(SCHEMA)
+        self.set_aside: Path | None = None
+        try:
+            self._open()
+        except sqlite3.DatabaseError as e:
+            # a corrupt file (a failing SD card): keep it for inspection, start afresh rather than crash-loop
+            self.set_aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            log.error("outbox %s unreadable (%s): moved to %s, starting a new one", self.path, e, self.set_aside)
+            self._db.close()
+            self.path.rename(self.set_aside)
+            for suffix in ("-wal", "-shm"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            self._open()
         self._sync_mode = ""
         self._set_sync("NORMAL")
         self._dirty = False
@@ -296,6 +304,13 @@ class Outbox:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             finally:
                 self._db.close()
+
+    def _open(self) -> None:
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints (and their fsyncs) are the syncer's
+        self._db.executescript(SCHEMA)
+        self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()
 
     def _record_next_seq(self) -> None:
         """With every delete: the seq counter survives an empty outbox. (Rows still in the

@@ -176,3 +176,12 @@ def test_property_nothing_lost_nothing_reused(tmp_path_factory, ops):
     assert not dropped & delivered
     box.close()
     assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_a_corrupt_outbox_file_is_set_aside_not_fatal(tmp_path):
+    path = tmp_path / "o.db"
+    path.write_bytes(b"this is not an sqlite database, just a failing SD card" * 100)
+    box = Outbox(path)
+    assert box.set_aside is not None and box.set_aside.exists()
+    assert box.enqueue(EVENTS.agent("e")) == 1
+    box.close()
