@@ -24,7 +24,7 @@ from .commands import CommandError, parse as parse_command
 from .devices.hall import HallDevices
 from .hardware import Hardware
 from .link import Incoming, Link
-from .outbox import Dropped, Outbox
+from .outbox import Dropped, Outbox, Raw
 from .rules import RulesEngine, build as build_rules
 from .sensors import SensorError
 from .sensors.loop import SensorLoop
@@ -174,14 +174,14 @@ class Agent:
             log.warning("sim/%s/%s: %s", kind, part_id, problem)
 
     # -- events -------------------------------------------------------------------
-    def emit(self, env: Envelope) -> int | None:
-        """Commit an envelope to the outbox and hand it to MQTT; returns its seq
-        (None inside ``batch()``, which commits at its end)."""
+    def emit(self, env: Envelope | Raw) -> int | None:
+        """Commit an envelope (or a raw message) to the outbox and hand it to MQTT;
+        returns its seq (None inside ``batch()``, which commits at its end)."""
         pending = getattr(self._local, "batch", None)
         if pending is not None:
             pending.append(env)
             return None
-        seq = self.outbox.enqueue(env)
+        (seq,) = self.outbox.enqueue_many([env])
         self.link.kick()
         return seq
 

@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Callable
 
 from .envelope import Envelope, Events, Moment
-from .outbox import Outbox
+from .outbox import Outbox, Raw
 from .rules import AlertChange, RulesEngine
 
 log = logging.getLogger(__name__)
 
 
 class Alerts:
-    def __init__(self, engine: RulesEngine, events: Events, emit: Callable[[Envelope], int], outbox: Outbox,
+    def __init__(self, engine: RulesEngine, events: Events, emit: Callable[[Envelope | Raw], int | None], outbox: Outbox,
                  path: Path, now: Callable[[], datetime]):
         self.engine = engine
         self.events = events
@@ -59,7 +59,8 @@ class Alerts:
             log.warning("alert %s/%s raised: %s", a.rule, a.source, a.message)
         else:
             self.emit(self.events.alert(a.rule, a.source, a.data("cleared"), "info", moment, retain=False))
-            self.outbox.enqueue_raw(self.events.topic(f"alert/{a.rule}/{a.source}"), b"", qos=1, retain=True)
+            # then the empty retained message that removes the topic, through the same path (same order)
+            self.emit(Raw(self.events.topic(f"alert/{a.rule}/{a.source}"), b"", qos=1, retain=True))
             log.info("alert %s/%s cleared", a.rule, a.source)
 
     def save(self, force: bool = False) -> None:

@@ -70,6 +70,15 @@ class Row:
 
 
 @dataclass(frozen=True)
+class Raw:
+    """A message that is not an envelope: the empty retained message clearing an alert."""
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+@dataclass(frozen=True)
 class Dropped:
     count: int
     ranges: list[tuple[int, int]]  # inclusive seq ranges, ascending
@@ -142,27 +151,33 @@ class Outbox:
         """Commit the envelope (all its routes) and return its seq."""
         return self.enqueue_many([env])[0]
 
-    def enqueue_many(self, envs: list[Envelope]) -> list[int]:
-        """Commit several envelopes in one transaction, seqs in list order."""
-        for env in envs:
-            if not env.routes:
-                raise ValueError(f"envelope {env.type} has no route")
+    def enqueue_many(self, items: list[Envelope | Raw]) -> list[int | None]:
+        """Commit several envelopes (and raw messages) in one transaction, in list
+        order; envelopes get consecutive seqs (None for a raw message)."""
+        for item in items:
+            if isinstance(item, Envelope) and not item.routes:
+                raise ValueError(f"envelope {item.type} has no route")
         with self._lock:
-            first = self._next_seq
-            rows = []
-            for seq, env in enumerate(envs, first):
-                payload = env.encode(seq)
-                rows += [(seq, env.type, r.topic, payload, r.qos, int(r.retain)) for r in env.routes]
-            self._commit(rows, durable=any(self._durable(env.type) for env in envs))
-            self._next_seq = first + len(envs)
+            seq = self._next_seq
+            rows, seqs = [], []
+            for item in items:
+                if isinstance(item, Raw):
+                    rows.append((None, "raw", item.topic, item.payload, item.qos, int(item.retain)))
+                    seqs.append(None)
+                    continue
+                payload = item.encode(seq)
+                rows += [(seq, item.type, r.topic, payload, r.qos, int(r.retain)) for r in item.routes]
+                seqs.append(seq)
+                seq += 1
+            self._commit(rows, durable=any(isinstance(i, Raw) or self._durable(i.type) for i in items))
+            self._next_seq = seq
             if self.bytes > self.max_bytes:
                 self._overflow()
-            return list(range(first, first + len(envs)))
+            return seqs
 
     def enqueue_raw(self, topic: str, payload: bytes, qos: int = 1, retain: bool = True) -> None:
         """A message without an envelope (the empty retained message that clears an alert)."""
-        with self._lock:
-            self._commit([(None, "raw", topic, payload, qos, int(retain))], durable=self.fsync != "never")
+        self.enqueue_many([Raw(topic, payload, qos, retain)])
 
     def _durable(self, type_: str) -> bool:
         """Whether this commit must reach the disk soon (now, with ``always``)."""

@@ -115,3 +115,26 @@ def test_threshold_door_and_panic_alerts_through_a_restart(broker, tmp_path):
     finally:
         agent.kill()
         rec.close()
+
+
+def test_cleared_then_removed_in_that_order_within_a_batch(tmp_path):
+    """A door closing clears its alert inside the input's batch: the cleared envelope
+    must still come before the empty retained message."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+    from hall_agent.agent import Agent
+    from hall_agent.config import validate
+    agent = Agent(validate({"hall": {"id": "zg-001", "city": "zigong", "branch": "ziliujing"},
+                            "storage": {"dir": str(tmp_path / "s")}}), simulate=True)
+    try:
+        night = datetime(2026, 7, 1, 22, 0, tzinfo=ZoneInfo("Asia/Shanghai"))
+        agent.alerts.feed(lambda now: agent.engine.input("door", "door.side", "open", night, 120))
+        with agent.batch():
+            agent.alerts.feed(lambda now: agent.engine.input("door", "door.side", "closed", night, 120))
+            agent.emit(agent.events.state("door.side", {"state": "closed"}))
+        rows = [r for r in agent.outbox.take(100) if "/alert/" in r.topic]
+        assert [(b'"cleared"' in r.payload, r.payload == b"", r.retain) for r in rows] == [
+            (False, False, True), (True, False, False), (False, True, True)]
+    finally:
+        agent.outbox.close()
+        agent.hardware.close()
