@@ -142,6 +142,9 @@ class CheckRunner:
                          "error": runner.last_error.reason if runner.last_error else None} if runner else {}
                 report.items.append(sensor_item(cfg.id, state, 2 * cfg.interval_s + 10, now_mono))
         for cfg in s.inputs:
+            if cfg.id not in self.devices.inputs:
+                report.items.append(Item(cfg.id, "fail", f"not watched: {self.devices.unavailable.get(cfg.id)}"))
+                continue
             item = input_item(cfg.id, cfg.kind, self.devices.inputs[cfg.id].state)
             if item:
                 report.items.append(item)

@@ -132,3 +132,23 @@ def test_reset_and_power_when_allowed(broker, tmp_path):
     finally:
         agent.kill()
         rec.close()
+
+
+def test_no_gpio_disables_the_part_not_the_agent(broker, tmp_path):
+    """Without --simulate on a machine with no GPIO chip, the agent still runs and says
+    loudly which inputs are not watched."""
+    cfg = write_config(tmp_path / "c.toml", broker.port, tmp_path / "state",
+                       "[[inputs]]\nid = 'panic.1'\nkind = 'panic'\npin = 22\n")
+    rec = Recorder(broker.port, [f"{BASE}/#"])
+    agent = AgentProcess(cfg, env={"GPIOZERO_PIN_FACTORY": "nonexistent"}).start()
+    try:
+        event = lambda r: [e for e in r.payloads("/event") if e["data"].get("event") == "gpio-unavailable"]
+        assert rec.wait_for(event, 15), agent.output()
+        e = event(rec)[0]
+        assert e["severity"] == "critical" and e["data"]["part"] == "panic.1"
+        publish(broker.port, f"{BASE}/cmd", '{"id":"s","command":"status"}')
+        assert rec.wait_for(lambda r: reply(r, "s"), 10)
+        assert reply(rec, "s")["result"]["inputs"] == {"panic.1": "unavailable"}
+    finally:
+        agent.kill()
+        rec.close()

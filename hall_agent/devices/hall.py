@@ -43,21 +43,35 @@ class HallDevices:
         self._lock = threading.Lock()
         self.inputs: dict[str, InputWatcher] = {}
         self.relays: dict[str, Relay] = {}
+        self.unavailable: dict[str, str] = {}  # part id -> why it could not be set up (no GPIO, pin busy)
         self.equipment_state: dict[str, dict] = {}
         for cfg in settings.inputs:
-            self.inputs[cfg.id] = InputWatcher(cfg, pin_factory, self._on_input)
+            self._setup(cfg.id, lambda: self.inputs.__setitem__(
+                cfg.id, InputWatcher(cfg, pin_factory, self._on_input)))
         for cfg in settings.equipment:
             if cfg.relay_pin is not None:
-                self.relays[cfg.id] = Relay(cfg.id, cfg.relay_pin, pin_factory, cfg.relay_active_high)
+                self._setup(cfg.id, lambda: self.relays.__setitem__(
+                    cfg.id, Relay(cfg.id, cfg.relay_pin, pin_factory, cfg.relay_active_high)))
         self.printers = {cfg.id: PrinterMonitor(cfg, printer_port(cfg.id, cfg.port), self._on_printer)
                          for cfg in settings.printers}
         self.equipment = EquipmentMonitor(settings.equipment, self._on_probe, probe_fn=probe_fn,
                                           interval_s=min((e.probe_interval_s for e in settings.equipment), default=60),
                                           timeout_s=max((e.probe_timeout_s for e in settings.equipment), default=3))
 
+    def _setup(self, part_id: str, make: Callable[[], None]) -> None:
+        """Set up one GPIO part; a missing GPIO chip or a busy pin disables that part, not the agent."""
+        try:
+            make()
+        except Exception as e:  # gpiozero: BadPinFactory, PinInvalidPin, GPIOPinInUse, …
+            self.unavailable[part_id] = f"{type(e).__name__}: {e}"
+            log.error("%s cannot be watched or switched: %s", part_id, self.unavailable[part_id])
+
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
         """Publish every input's and relay's state as found, then start watching."""
+        for part_id, why in self.unavailable.items():
+            self.emit(self.events.agent("gpio-unavailable", {"part": part_id, "reason": why}, severity="critical",
+                                        moment=Moment("system", 1), source=part_id))
         for watcher in self.inputs.values():
             self._on_input(watcher.boot_state())
         for cfg in self.settings.equipment:
@@ -109,7 +123,9 @@ class HallDevices:
         return {"source": source, "state": watcher.state}
 
     def input_states(self) -> dict[str, str]:
-        return {i: w.state for i, w in self.inputs.items()}
+        states = {i: w.state for i, w in self.inputs.items()}
+        states.update({i: "unavailable" for i in self.unavailable if any(c.id == i for c in self.settings.inputs)})
+        return states
 
     # -- relays and equipment --------------------------------------------------------------
     def power_command(self, args: dict) -> dict:
