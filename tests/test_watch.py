@@ -80,7 +80,8 @@ def test_console_renders_halls_alerts_and_checks(broker, tmp_path):
 
 
 def test_watch_cli_bounded_run(broker, tmp_path):
-    cfg = write_config(tmp_path / "c.toml", broker.port, tmp_path / "state")
+    cfg = tmp_path / "console.toml"  # a console needs no [hall]
+    cfg.write_text(f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\n')
     publish(broker.port, "halls/zigong/ziliujing/zg-009/status",
             '{"state":"online","ts":"2026-11-26T08:00:00.000+08:00","version":"0.1.0","reason":null}', retain=True)
     r = subprocess.run([sys.executable, "-m", "hall_agent", "watch", "-c", str(cfg), "--scope", "zigong",

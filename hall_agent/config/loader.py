@@ -32,8 +32,10 @@ def config_path(path: str | os.PathLike | None = None) -> Path:
     return Path(env) if env else DEFAULT_PATH
 
 
-def load(path: str | os.PathLike | None = None) -> Settings:
-    """Read, validate and cross-check the configuration, or raise ConfigError."""
+def load(path: str | os.PathLike | None = None, defaults: dict[str, Any] | None = None) -> Settings:
+    """Read, validate and cross-check the configuration, or raise ConfigError.
+    ``defaults``: whole sections used when the file has none (the staff console
+    needs only ``[mqtt]``)."""
     file = config_path(path)
     try:
         with open(file, "rb") as f:
@@ -48,6 +50,8 @@ def load(path: str | os.PathLike | None = None) -> Settings:
         raise ConfigError([f"{file}: TOML syntax error: {e}"]) from None
     except UnicodeDecodeError as e:
         raise ConfigError([f"{file}: not UTF-8 text ({e.reason})"]) from None
+    for section, value in (defaults or {}).items():
+        data.setdefault(section, value)
     return validate(data)
 
 
