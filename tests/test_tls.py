@@ -83,26 +83,33 @@ def pki(tmp_path):
     return d
 
 
-def test_client_certificate_required_by_broker(pki, tmp_path):
+def broker_with(tmp_path, name, conf):
     port = free_port()
-    broker = Broker(tmp_path / "broker-mtls", extra_conf=(
-        f"listener {port} 127.0.0.1\nallow_anonymous false\nrequire_certificate true\n"
-        f"use_identity_as_username true\n"
-        f"cafile {pki}/ca.crt\ncertfile {pki}/server.crt\nkeyfile {pki}/server.key\n"))
+    broker = Broker(tmp_path / name, extra_conf=f"listener {port} 127.0.0.1\n{conf}")
     broker.port = port
-    broker.start()
+    return broker.start()
+
+
+def connects(tmp_path, state, mqtt, expect):
+    """Whether an agent with these [mqtt] settings gets connected (waits less for a refusal)."""
+    agent = Agent(validate({"hall": {"id": "zg-001", "city": "zigong", "branch": "ziliujing"},
+                            "mqtt": {"drain_s": 1, **mqtt}, "storage": {"dir": str(tmp_path / state)}}))
+    agent.start()
     try:
-        for with_cert, expect in ((False, False), (True, True)):
-            mqtt = {"host": "localhost", "port": port, "tls": True, "ca_file": str(pki / "ca.crt"), "drain_s": 1}
-            if with_cert:
-                mqtt.update(cert_file=str(pki / "zg-001.crt"), key_file=str(pki / "zg-001.key"))
-            agent = Agent(validate({"hall": {"id": "zg-001", "city": "zigong", "branch": "ziliujing"},
-                                    "mqtt": mqtt, "storage": {"dir": str(tmp_path / f"s{with_cert}")}}))
-            agent.start()
-            try:
-                assert wait_until(lambda: agent.link.connected, 2.5 if not expect else 10) is expect
-            finally:
-                agent.stop()
+        return wait_until(lambda: agent.link.connected, 10 if expect else 2.5)
+    finally:
+        agent.stop()
+
+
+def test_client_certificate_required_by_broker(pki, tmp_path):
+    broker = broker_with(tmp_path, "broker-mtls", (
+        "allow_anonymous false\nrequire_certificate true\nuse_identity_as_username true\n"
+        f"cafile {pki}/ca.crt\ncertfile {pki}/server.crt\nkeyfile {pki}/server.key\n"))
+    try:
+        mqtt = {"host": "localhost", "port": broker.port, "tls": True, "ca_file": str(pki / "ca.crt")}
+        assert connects(tmp_path, "s1", mqtt, expect=False) is False
+        mqtt.update(cert_file=str(pki / "zg-001.crt"), key_file=str(pki / "zg-001.key"))
+        assert connects(tmp_path, "s2", mqtt, expect=True) is True
     finally:
         broker.stop()
 
@@ -110,24 +117,13 @@ def test_client_certificate_required_by_broker(pki, tmp_path):
 def test_password_file_authenticates(tmp_path):
     pw = tmp_path / "passwd"
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(pw), "zg-001", "right-pw"], check=True, capture_output=True)
-    port = free_port()
-    broker = Broker(tmp_path / "broker-auth", extra_conf=(
-        f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {pw}\n"))
-    broker.port = port
-    broker.start()
+    broker = broker_with(tmp_path, "broker-auth", f"allow_anonymous false\npassword_file {pw}\n")
     try:
         for secret, expect in (("wrong-pw", False), ("right-pw", True)):
             f = tmp_path / f"secret-{secret}"
             f.write_text(secret + "\n")
             f.chmod(0o600)
-            agent = Agent(validate({"hall": {"id": "zg-001", "city": "zigong", "branch": "ziliujing"},
-                                    "mqtt": {"host": "127.0.0.1", "port": port, "username": "zg-001",
-                                             "password_file": str(f), "drain_s": 1},
-                                    "storage": {"dir": str(tmp_path / f"s-{secret}")}}))
-            agent.start()
-            try:
-                assert wait_until(lambda: agent.link.connected, 2.5 if not expect else 10) is expect
-            finally:
-                agent.stop()
+            mqtt = {"host": "127.0.0.1", "port": broker.port, "username": "zg-001", "password_file": str(f)}
+            assert connects(tmp_path, f"s-{secret}", mqtt, expect) is expect
     finally:
         broker.stop()
