@@ -60,11 +60,6 @@ class Agent:
                              max_bytes=int(settings.storage.max_outbox_mb * 1024 * 1024),
                              on_overflow=self._overflow_event)
         self.link = Link(settings, self.outbox, self.events.now)
-        self.dispatcher = Dispatcher()
-        self.dispatcher.register("ping", lambda args: {"pong": True, "version": __version__})
-        self.dispatcher.register("status", lambda args: self.status())
-        self.link.subscribe("cmd", self._on_command)
-        self.status_providers: dict[str, Callable[[], Any]] = {}
         self._stop = threading.Event()
         self._local = threading.local()
         self._threads: list[threading.Thread] = []
@@ -89,9 +84,7 @@ class Agent:
         self.alerts = Alerts(self.engine, self.events, self.emit, self.outbox, self.state_dir / "alerts.json",
                              self._now)
         self.devices.listeners.append(self._on_device)
-        self.status_providers["alerts"] = self.alerts.active
         self.checks = CheckRunner(settings, self.devices, self.sensors, self._now)
-        self.dispatcher.register("check", self._check_command)
         self.slow_commands = {"check"}  # run in their own thread: a check takes settle_s
         from .scheduler import CheckScheduler
         self.scheduler = CheckScheduler(self.calendar, lambda run: self.run_check(run.kind, run.at),
@@ -101,15 +94,25 @@ class Agent:
         if settings.homeassistant.enabled:
             from .homeassistant import Discovery
             self.discovery = Discovery(settings, self.link)
-        self.status_providers["checks"] = lambda: {k: v["result"] for k, v in self.last_checks.items()}
-        self.dispatcher.register("reset", self.devices.reset_command, allowed=lambda: settings.commands.allow_reset,
-                                 refusal="reset is disabled on this hall ([commands] allow_reset = false)")
-        self.dispatcher.register("power", self.devices.power_command, allowed=lambda: settings.commands.allow_power,
-                                 refusal="power is disabled on this hall ([commands] allow_power = false)")
-        self.status_providers["sensors"] = self._sensor_status
-        self.status_providers["inputs"] = self.devices.input_states
-        self.status_providers["printers"] = self.devices.printer_states
-        self.status_providers["equipment"] = lambda: dict(self.devices.equipment_state)
+        self.dispatcher = self._commands()
+        self.link.subscribe("cmd", self._on_command)
+        self.status_providers: dict[str, Callable[[], Any]] = {
+            "sensors": self._sensor_status, "inputs": self.devices.input_states, "alerts": self.alerts.active,
+            "printers": self.devices.printer_states, "equipment": lambda: dict(self.devices.equipment_state),
+            "checks": lambda: {k: v["result"] for k, v in self.last_checks.items()},
+        }
+
+    def _commands(self) -> Dispatcher:
+        s = self.settings
+        d = Dispatcher()
+        d.register("ping", lambda args: {"pong": True, "version": __version__})
+        d.register("status", lambda args: self.status())
+        d.register("check", self._check_command)
+        d.register("reset", self.devices.reset_command, allowed=lambda: s.commands.allow_reset,
+                   refusal="reset is disabled on this hall ([commands] allow_reset = false)")
+        d.register("power", self.devices.power_command, allowed=lambda: s.commands.allow_power,
+                   refusal="power is disabled on this hall ([commands] allow_power = false)")
+        return d
 
     # -- sensors ------------------------------------------------------------------
     @property
