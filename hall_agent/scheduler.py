@@ -19,6 +19,7 @@ import ctypes.util
 import json
 import logging
 import os
+import subprocess
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -62,12 +63,15 @@ def plan(calendar: BusinessCalendar, now: datetime, grace: timedelta, done: set[
 class TimeSync:
     """Is the system clock synchronised? As systemd-timesyncd and chrony expose it:
     timesyncd touches ``/run/systemd/timesync/synchronized``; both keep the
-    kernel's NTP status (adjtimex) out of TIME_ERROR once synchronised."""
+    kernel's NTP status (adjtimex) out of TIME_ERROR once synchronised. Under
+    the hardened unit adjtimex is filtered (ProtectClock): then ask timedated
+    (``timedatectl show -p NTPSynchronized``), which reads it for us."""
 
     def __init__(self, flag_file: str = "/run/systemd/timesync/synchronized",
-                 adjtimex: Callable[[], int] | None = None):
+                 adjtimex: Callable[[], int] | None = None, timedatectl: str = "timedatectl"):
         self.flag_file = Path(flag_file)
         self._adjtimex = adjtimex or _kernel_adjtimex
+        self.timedatectl = timedatectl
 
     def synchronised(self) -> bool:
         if self.flag_file.exists():
@@ -75,6 +79,12 @@ class TimeSync:
         try:
             return self._adjtimex() != TIME_ERROR
         except OSError:
+            pass
+        try:
+            out = subprocess.run([self.timedatectl, "show", "-p", "NTPSynchronized", "--value"],
+                                 capture_output=True, text=True, timeout=5)
+            return out.returncode == 0 and out.stdout.strip() == "yes"
+        except (OSError, subprocess.SubprocessError):
             return False
 
 

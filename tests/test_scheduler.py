@@ -110,3 +110,16 @@ def test_sighup_reload_reschedules_with_new_hours(tmp_path):
     finally:
         agent.scheduler.stop()
         agent.outbox.close()
+
+
+def test_time_sync_falls_back_to_timedated_when_adjtimex_is_filtered(tmp_path):
+    def filtered():
+        raise PermissionError(1, "Operation not permitted")  # seccomp under ProtectClock=yes
+    fake = tmp_path / "timedatectl"
+    fake.write_text('#!/bin/sh\n[ "$*" = "show -p NTPSynchronized --value" ] && echo yes\n')
+    fake.chmod(0o755)
+    assert TimeSync(flag_file="/nonexistent", adjtimex=filtered, timedatectl=str(fake)).synchronised() is True
+    fake.write_text("#!/bin/sh\necho no\n")
+    assert TimeSync(flag_file="/nonexistent", adjtimex=filtered, timedatectl=str(fake)).synchronised() is False
+    assert TimeSync(flag_file="/nonexistent", adjtimex=filtered,
+                    timedatectl=str(tmp_path / "missing")).synchronised() is False
