@@ -49,7 +49,8 @@ def test_unit_passes_systemd_analyze_verify(tmp_path):
     assert r.returncode == 0 and r.stderr.strip() == "" and r.stdout.strip() == "", r.stderr
     for line in ("Type=notify", "WatchdogSec=", "Restart=always", "User=hall-agent",
                  "SupplementaryGroups=gpio i2c dialout", "StateDirectory=hall-agent",
-                 "ConfigurationDirectory=hall-agent", "ProtectSystem=strict", "NoNewPrivileges=yes"):
+                 "ConfigurationDirectory=hall-agent", "ProtectSystem=strict", "NoNewPrivileges=yes",
+                 "WorkingDirectory=/var/lib/hall-agent"):
         assert line in text
 
 
