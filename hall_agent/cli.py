@@ -113,7 +113,17 @@ def main(argv: list[str] | None = None) -> int:
         if settings is None:
             return EXIT_USAGE
         from . import logs
-        from .agent import Agent
+        from .agent import Agent, storage_dir
+        state = storage_dir(settings, args.simulate)
+        try:
+            state.mkdir(parents=True, exist_ok=True)
+            probe = state / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            print(f"config error: storage.dir: {state}: {e.strerror or e} (run as the service user, "
+                  "set storage.dir, or use --simulate)", file=sys.stderr)
+            return EXIT_USAGE
         logs.setup(settings.agent.log_level)
         return Agent(settings, simulate=args.simulate, config_path=args.config).run()
     if args.command == "schedule":

@@ -252,3 +252,13 @@ def test_cli_refuses_bad_config_with_exit_2_and_no_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "hall_agent", "config", "check", "-c", str(tmp_path / "none.toml")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "no such file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_run_refuses_an_unwritable_state_folder(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    path = tmp_path / "c.toml"
+    path.write_text(HALL + f'[storage]\ndir = "{blocker}/state"\n')
+    r = subprocess.run([sys.executable, "-m", "hall_agent", "run", "-c", str(path)], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 2 and r.stderr.startswith("config error: storage.dir: ") and "Traceback" not in r.stderr
