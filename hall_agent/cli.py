@@ -61,6 +61,22 @@ def _load(args: argparse.Namespace, defaults: dict | None = None):
         return None
 
 
+def _state_writable(settings, simulate: bool) -> bool:
+    """The state folder can be written, or one clear line says why not."""
+    from .agent import storage_dir
+    state = storage_dir(settings, simulate)
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+        probe = state / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+        return True
+    except OSError as e:
+        print(f"config error: storage.dir: {state}: {e.strerror or e} (run as the service user, "
+              "set storage.dir, or use --simulate)", file=sys.stderr)
+        return False
+
+
 def _schedule(args: argparse.Namespace) -> int:
     from datetime import date, datetime, time
     from .calendar import BusinessCalendar
@@ -113,16 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         if settings is None:
             return EXIT_USAGE
         from . import logs
-        from .agent import Agent, storage_dir
-        state = storage_dir(settings, args.simulate)
-        try:
-            state.mkdir(parents=True, exist_ok=True)
-            probe = state / ".write-test"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as e:
-            print(f"config error: storage.dir: {state}: {e.strerror or e} (run as the service user, "
-                  "set storage.dir, or use --simulate)", file=sys.stderr)
+        from .agent import Agent
+        if not _state_writable(settings, args.simulate):
             return EXIT_USAGE
         logs.setup(settings.agent.log_level)
         return Agent(settings, simulate=args.simulate, config_path=args.config).run()
@@ -143,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         settings = _load(args)
         if settings is None:
+            return EXIT_USAGE
+        if not _state_writable(settings, args.simulate):
             return EXIT_USAGE
         from .oneshot import run_check
         return run_check(settings, args)
