@@ -113,10 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    if args.command == "schedule":
+        return _schedule(args)
+    # a console's configuration needs only [mqtt]
+    defaults = {"hall": {"id": "console", "city": "central", "branch": "central"}} if args.command == "watch" else None
+    settings = _load(args, defaults)
+    if settings is None:
+        return EXIT_USAGE
     if args.command == "config":
-        settings = _load(args)
-        if settings is None:
-            return EXIT_USAGE
         if args.action == "check":
             print(f"{config_path(args.config)}: ok (hall {settings.hall.id}, {len(settings.sensors)} sensors, "
                   f"{len(settings.inputs)} inputs, {len(settings.printers)} printers, "
@@ -124,36 +128,20 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(json.dumps(masked(settings), indent=2, ensure_ascii=False))
         return EXIT_OK
+    if args.command in ("run", "check") and not _state_writable(settings, args.simulate):
+        return EXIT_USAGE
     if args.command == "run":
-        settings = _load(args)
-        if settings is None:
-            return EXIT_USAGE
         from . import logs
         from .agent import Agent
-        if not _state_writable(settings, args.simulate):
-            return EXIT_USAGE
         logs.setup(settings.agent.log_level)
         return Agent(settings, simulate=args.simulate, config_path=args.config).run()
-    if args.command == "schedule":
-        return _schedule(args)
-    if args.command == "watch":  # a console's configuration needs only [mqtt]
-        settings = _load(args, {"hall": {"id": "console", "city": "central", "branch": "central"}})
-        if settings is None:
-            return EXIT_USAGE
+    if args.command == "watch":
         from . import watch
         return watch.run(settings, args.scope, seconds=args.seconds)
     if args.command == "doctor":
-        settings = _load(args)
-        if settings is None:
-            return EXIT_USAGE
         from . import doctor
         return doctor.run(settings, args.config)
     if args.command == "check":
-        settings = _load(args)
-        if settings is None:
-            return EXIT_USAGE
-        if not _state_writable(settings, args.simulate):
-            return EXIT_USAGE
         from .oneshot import run_check
         return run_check(settings, args)
     parser.print_help(sys.stderr)

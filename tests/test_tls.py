@@ -14,23 +14,33 @@ def openssl(*args, cwd):
 
 
 @pytest.fixture
-def tls_broker(tmp_path):
-    d = tmp_path / "pki"
+def pki(tmp_path):
+    d = tmp_path / "pki2"
     d.mkdir()
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
             "-keyout", "ca.key", "-out", "ca.crt", cwd=d)
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key",
-            "-out", "server.csr", cwd=d)
     (d / "ext.cnf").write_text("subjectAltName=DNS:localhost\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-            "-days", "2", "-extfile", "ext.cnf", "-out", "server.crt", cwd=d)
+    for name in ("server", "zg-001"):
+        cn = "localhost" if name == "server" else name
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-keyout", f"{name}.key",
+                "-out", f"{name}.csr", cwd=d)
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                "-days", "2", "-extfile", "ext.cnf", "-out", f"{name}.crt", cwd=d)
+    return d
+
+
+def broker_with(tmp_path, name, conf):
     port = free_port()
-    broker = Broker(tmp_path / "broker", extra_conf=(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\n"
-        f"cafile {d}/ca.crt\ncertfile {d}/server.crt\nkeyfile {d}/server.key\n"))
+    broker = Broker(tmp_path / name, extra_conf=f"listener {port} 127.0.0.1\n{conf}")
     broker.port = port
-    broker.start()
-    broker.ca = d / "ca.crt"
+    return broker.start()
+
+
+@pytest.fixture
+def tls_broker(pki, tmp_path):
+    broker = broker_with(tmp_path, "broker", "allow_anonymous true\n"
+                         f"cafile {pki}/ca.crt\ncertfile {pki}/server.crt\nkeyfile {pki}/server.key\n")
+    broker.ca = pki / "ca.crt"
     yield broker
     broker.stop()
 
@@ -65,29 +75,6 @@ def test_tls_hostname_mismatch_is_refused_unless_insecure(tls_broker, tmp_path):
         assert wait_until(lambda: agent.link.connected, 10)
     finally:
         agent.stop()
-
-
-@pytest.fixture
-def pki(tmp_path):
-    d = tmp_path / "pki2"
-    d.mkdir()
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
-            "-keyout", "ca.key", "-out", "ca.crt", cwd=d)
-    (d / "ext.cnf").write_text("subjectAltName=DNS:localhost\n")
-    for name in ("server", "zg-001"):
-        cn = "localhost" if name == "server" else name
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-keyout", f"{name}.key",
-                "-out", f"{name}.csr", cwd=d)
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-                "-days", "2", "-extfile", "ext.cnf", "-out", f"{name}.crt", cwd=d)
-    return d
-
-
-def broker_with(tmp_path, name, conf):
-    port = free_port()
-    broker = Broker(tmp_path / name, extra_conf=f"listener {port} 127.0.0.1\n{conf}")
-    broker.port = port
-    return broker.start()
 
 
 def connects(tmp_path, state, mqtt, expect):
