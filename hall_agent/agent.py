@@ -184,8 +184,9 @@ class Agent:
         if pending is not None:
             pending.append(env)
             return None
-        (seq,) = self.outbox.enqueue_many([env])
+        (seq,) = self.outbox.enqueue_many([env], defer_sync=True)
         self.link.kick()
+        self.outbox.nudge()  # the fsync after the hand-over, not between commit and hand-over
         return seq
 
     @contextmanager
@@ -201,8 +202,9 @@ class Agent:
         finally:
             envs, self._local.batch = self._local.batch, None
             if envs:
-                self.outbox.enqueue_many(envs)
+                self.outbox.enqueue_many(envs, defer_sync=True)
                 self.link.kick()
+                self.outbox.nudge()
 
     def _overflow_event(self, dropped: Dropped) -> Envelope:
         return self.events.agent("outbox-overflow", {

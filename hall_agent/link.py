@@ -2,8 +2,12 @@
 
 Threads (none of them ever blocks inside a paho callback):
 
-- ``mqtt-net`` runs ``client.loop()`` and reconnects with exponential
-  back-off and jitter.  Callbacks only flip flags and queue work.
+- ``mqtt-net`` runs the network loop (select, then paho's ``loop_read`` /
+  ``loop_write`` / ``loop_misc``: paho's external-loop API) and reconnects
+  with exponential back-off and jitter.  Callbacks only flip flags and queue
+  work.  Every call that touches the socket holds ``_io_lock``, so the thread
+  that hands an alarm to paho can write it to the socket itself at once
+  (``kick``) instead of waking this thread and waiting for the GIL.
 - ``mqtt-pump`` hands outbox rows to paho while connected, in order, with a
   bounded window, and removes them from the outbox once paho reports them
   sent (PUBACK for QoS 1, written to the socket for QoS 0).  QoS 1 messages
@@ -21,6 +25,7 @@ import json
 import logging
 import queue
 import random
+import select
 import socket
 import ssl
 import threading
@@ -98,6 +103,10 @@ class Link:
         self._inbox: queue.Queue[Incoming | None] = queue.Queue(maxsize=1000)
         self._delay = self.min_delay
         self._pump_lock = threading.Lock()
+        self._io_lock = threading.RLock()  # paho's socket reads and writes, from any thread
+        self._wake_r, self._wake_w = socket.socketpair()  # breaks the network thread's select
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self._done: list[int] = []
         self.on_connected: list[Callable[[], None]] = []  # run in the network thread: must not block
         self._threads: list[threading.Thread] = []
@@ -115,10 +124,16 @@ class Link:
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         client.on_socket_open = self._on_socket_open
-        # We run client.loop() in our own thread; this tells paho not to write
-        # to the socket from the publishing thread but to wake our loop instead.
-        client.on_socket_register_write = lambda *_: None
+        # We run the network loop ourselves; this tells paho not to write to the
+        # socket from the publishing thread but to wake our loop instead.
+        client.on_socket_register_write = lambda *_: self._wake_net()
         return client
+
+    def _wake_net(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # already awake (the buffer is full of wake-ups), or shutting down
 
     def status_payload(self, state: str, reason: str | None) -> bytes:
         return json.dumps({"state": state, "ts": self.clock(), "version": __version__,
@@ -163,14 +178,18 @@ class Link:
         if self.settings.mqtt.protocol == 5:
             props = Properties(PacketTypes.DISCONNECT)
         self.client.disconnect(properties=props)  # a clean DISCONNECT: the broker drops the last will
+        self._wake_net()
         deadline = time.monotonic() + 2.0
         while self.client.want_write() and time.monotonic() < deadline:
             time.sleep(0.01)  # the network thread writes it
         self._stopping.set()
         self._wake.set()
         self._inbox.put(None)
+        self._wake_net()
         for t in self._threads:
             t.join(timeout=5)
+        self._wake_r.close()
+        self._wake_w.close()
         return drained
 
     # -- network thread ------------------------------------------------------
@@ -190,7 +209,8 @@ class Link:
             self.heartbeat = time.monotonic()
             if not socket_up:
                 try:
-                    self._connect_once()
+                    with self._io_lock:
+                        self._connect_once()
                     socket_up = True
                 except (OSError, ValueError, ssl.SSLError) as e:
                     failures += 1
@@ -200,7 +220,7 @@ class Link:
                     self._backoff()
                     continue
             try:
-                rc = self.client.loop(timeout=0.2)
+                rc = self._turn(timeout=0.2)
             except Exception:  # a bug in a callback must not end the network thread
                 log.exception("MQTT network loop error")
                 rc = MQTTErrorCode.MQTT_ERR_UNKNOWN
@@ -209,6 +229,48 @@ class Link:
                 self._connected.clear()
                 if not self._stopping.is_set():
                     self._backoff()
+
+    def _turn(self, timeout: float) -> MQTTErrorCode:
+        """One turn of the network loop (what paho's ``loop()`` does, with our lock)."""
+        client = self.client
+        sock = client.socket()
+        if sock is None:
+            return MQTTErrorCode.MQTT_ERR_NO_CONN
+        pending = sock.pending() if hasattr(sock, "pending") else 0  # TLS: bytes already decrypted
+        wlist = [sock] if client.want_write() else []
+        try:
+            readable, _, _ = select.select([sock, self._wake_r], wlist, [], 0.0 if pending else timeout)
+        except (TypeError, ValueError, OSError):  # the socket was closed under us
+            return MQTTErrorCode.MQTT_ERR_CONN_LOST
+        if self._wake_r in readable:
+            try:
+                self._wake_r.recv(4096)
+            except (BlockingIOError, OSError):
+                pass
+        with self._io_lock:
+            if client.socket() is not sock:
+                return MQTTErrorCode.MQTT_ERR_CONN_LOST
+            if sock in readable or pending:
+                rc = client.loop_read()
+                if rc or client.socket() is None:
+                    return rc or MQTTErrorCode.MQTT_ERR_CONN_LOST
+            if client.want_write():
+                rc = client.loop_write()
+                if rc:
+                    return rc
+            return client.loop_misc()
+
+    def _flush(self) -> None:
+        """Write what paho holds to the socket from the calling thread (the alarm path);
+        if the network thread is busy with the socket, it writes instead."""
+        if self._io_lock.acquire(timeout=0.005):
+            try:
+                if self.client.want_write():
+                    self.client.loop_write()
+            finally:
+                self._io_lock.release()
+        else:
+            self._wake_net()
 
     def _backoff(self) -> None:
         delay = self._delay * random.uniform(0.5, 1.5)  # jitter: halls must not reconnect in lock-step
@@ -296,6 +358,7 @@ class Link:
         if self.connected:
             try:
                 more = self._hand_over_batch(settle=False)  # removing acknowledged rows is the pump's job
+                self._flush()  # outside the pump lock: a callback holding the I/O lock may want it
             except Exception:
                 log.exception("outbox hand-over error")
         if more:
@@ -339,6 +402,8 @@ class Link:
                     self._retry = rows[i:] + self._retry
                     return False
                 self._in_flight[info.mid] = row
+            if rows and settle:
+                self._wake_net()  # the pump's rows: the network thread writes them
             return len(rows) == room
 
     # -- inbox thread ------------------------------------------------------------
@@ -364,3 +429,4 @@ class Link:
             props = Properties(PacketTypes.PUBLISH)
             props.CorrelationData = correlation_data
         self.client.publish(topic, payload, qos, retain, properties=props)
+        self._wake_net()

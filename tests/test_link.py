@@ -151,6 +151,43 @@ def test_broker_outage_loses_nothing_and_keeps_order(broker, tmp_path):
         rec.close()
 
 
+def emit_from_threads(agent, threads=4, each=150):
+    """Several threads emit at once: each writes to the socket itself (kick), while the
+    pump and the network thread do theirs."""
+    import threading
+    start = threading.Barrier(threads)
+
+    def work(t):
+        start.wait()
+        for i in range(each):
+            agent.emit(agent.events.agent("test", {"t": t, "n": i}))
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+
+
+def test_concurrent_writers_share_the_socket_without_corrupting_it(broker, tmp_path):
+    rec = Recorder(broker.port, [f"{BASE}/event"])
+    agent = Agent(agent_settings(broker.port, tmp_path / "state"))
+    agent.start()
+    try:
+        assert wait_until(lambda: agent.link.connected)
+        assert rec.wait_for(lambda r: r.payloads("/event"))  # the started event
+        emit_from_threads(agent)
+        assert rec.wait_for(lambda r: len(r.payloads("/event")) >= 601, 30), f"got {len(rec.payloads('/event'))}"
+        events = rec.payloads("/event")
+        assert seqs_in_order(events) == list(range(1, 602))  # in commit order, no gap
+        for t in range(4):  # each thread's events in its own order
+            assert [e["data"]["n"] for e in events if e["data"].get("t") == t] == list(range(150))
+        assert agent.link.connects == 1  # a torn packet would have made mosquitto drop us
+        assert wait_until(lambda: agent.outbox.depth == 0)
+    finally:
+        agent.stop()
+        rec.close()
+
+
 def test_sigkill_mid_stream_loses_nothing_committed(broker, tmp_path):
     cfg = write_config(tmp_path / "c.toml", broker.port, tmp_path / "state")
     rec = Recorder(broker.port, [f"{BASE}/event", f"{BASE}/status"], session="central-3")

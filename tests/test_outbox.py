@@ -1,6 +1,7 @@
 """The durable outbox: seq assignment, order, restart, and the bounded drop order."""
 
 import json
+import time
 import sqlite3
 from datetime import datetime, timezone
 
@@ -185,3 +186,76 @@ def test_a_corrupt_outbox_file_is_set_aside_not_fatal(tmp_path):
     assert box.set_aside is not None and box.set_aside.exists()
     assert box.enqueue(EVENTS.agent("e")) == 1
     box.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(
+    st.tuples(st.just("enqueue"), st.lists(st.sampled_from(["reading", "state", "raw"]), min_size=1, max_size=4)),
+    st.tuples(st.just("take"), st.integers(1, 6)),
+    st.tuples(st.just("done"), st.integers(0, 6)),
+    st.tuples(st.just("rewind"), st.none()),
+), max_size=50))
+def test_property_take_serves_what_the_table_holds(tmp_path_factory, ops):
+    """take() is served from memory while it keeps up (no SELECT on the alarm path),
+    from the table otherwise: either way it hands out exactly the rows an independent
+    reader sees, in order. Small limits force every fallback: a backlog beyond the
+    in-memory window, multi-statement commits, overflow, rewind."""
+    import hall_agent.outbox as ob
+    from hall_agent.outbox import Raw
+    old = ob.FRESH_MAX, ob.INSERT_CHUNK
+    ob.FRESH_MAX, ob.INSERT_CHUNK = 12, 3
+    try:
+        path = tmp_path_factory.mktemp("t") / "o.db"
+        box = Outbox(path, max_bytes=3000, on_overflow=lambda d: None)
+        reader = sqlite3.connect(path)
+        cursor, taken = 0, []
+        for op, arg in ops:
+            if op == "enqueue":
+                box.enqueue_many([Raw(EVENTS.topic("alert/x/y"), b"") if k == "raw" else
+                                  EVENTS.reading("s", "m", {"co2_ppm": 1}) if k == "reading" else
+                                  EVENTS.state("d", {"state": "open"}) for k in arg])
+            elif op == "take":
+                got = box.take(arg)
+                expected = reader.execute("SELECT pos, seq, topic, payload, qos, retain FROM outbox WHERE pos > ? "
+                                          "ORDER BY pos LIMIT ?", (cursor, arg)).fetchall()
+                assert [(r.pos, r.seq, r.topic, r.payload, r.qos, int(r.retain)) for r in got] == expected
+                if got:
+                    cursor = got[-1].pos
+                taken += got
+            elif op == "done":
+                batch, taken = taken[:arg], taken[arg:]
+                box.done([r.pos for r in batch])
+            else:
+                box.rewind()
+                cursor, taken = 0, []
+        box.close()
+        reader.close()
+    finally:
+        ob.FRESH_MAX, ob.INSERT_CHUNK = old
+
+
+def test_events_are_fsynced_in_the_wal_and_checkpointed_only_in_bulk(tmp_path, monkeypatch):
+    """The syncer fsyncs the WAL after an event (no checkpoint: the next commit on an
+    alarm's path would pay for it) and checkpoints after CHECKPOINT_COMMITS commits."""
+    import hall_agent.outbox as ob
+    monkeypatch.setattr(ob, "CHECKPOINT_COMMITS", 20)
+    path = tmp_path / "o.db"
+    box = Outbox(path)
+    try:
+        db_size = path.stat().st_size
+        for i in range(3):
+            before = box.syncs
+            box.enqueue(EVENTS.agent("x"))
+            deadline = time.monotonic() + 2
+            while box.syncs == before and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert box.syncs > before, "an event was not synced at once"
+        assert path.stat().st_size == db_size  # the rows are in the (fsynced) WAL only
+        for i in range(25):
+            box.enqueue(EVENTS.agent("x"))
+        deadline = time.monotonic() + 3
+        while path.stat().st_size == db_size and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert path.stat().st_size > db_size, "no checkpoint after CHECKPOINT_COMMITS commits"
+    finally:
+        box.close()

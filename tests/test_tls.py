@@ -114,3 +114,17 @@ def test_password_file_authenticates(tmp_path):
             assert connects(tmp_path, f"s-{secret}", mqtt, expect) is expect
     finally:
         broker.stop()
+
+
+def test_concurrent_writers_over_tls_every_row_acknowledged(tls_broker, tmp_path):
+    """TLS records written from several threads (the I/O lock): the broker acknowledges
+    every row over one connection."""
+    from test_link import emit_from_threads
+    agent = run_agent(tmp_path, tls_broker.port, "localhost", tls_broker.ca)
+    try:
+        assert wait_until(lambda: agent.link.connected, 10)
+        emit_from_threads(agent)
+        assert wait_until(lambda: agent.outbox.depth == 0, 30), agent.outbox.depth
+        assert agent.link.connects == 1
+    finally:
+        agent.stop()
