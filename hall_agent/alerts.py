@@ -56,7 +56,7 @@ class Alerts:
         moment = Moment(a.category, a.priority)
         if change.active:
             self.emit(self.events.alert(a.rule, a.source, a.data("active"), a.severity, moment))
-            log.warning("alert %s/%s raised: %s", a.rule, a.source, a.message)
+            log.warning("alert %s/%s raised: %s", a.rule, a.source, a.message)  # after: off the alarm path
         else:
             self.emit(self.events.alert(a.rule, a.source, a.data("cleared"), "info", moment, retain=False))
             # then the empty retained message that removes the topic, through the same path (same order)

@@ -14,6 +14,7 @@ from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
 SCHEMA = 1
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)  # one, not one per call
 #: envelope types the outbox may drop when full, in drop order
 DROPPABLE = ("reading", "health")
 
@@ -55,8 +56,7 @@ class Envelope:
         }
 
     def encode(self, seq: int) -> bytes:
-        return json.dumps(self.as_dict(seq), ensure_ascii=False, separators=(",", ":"),
-                          default=str).encode()
+        return _ENCODER.encode(self.as_dict(seq)).encode()
 
 
 SYSTEM = Moment("system", 2)

@@ -86,6 +86,7 @@ class Link:
     window = 500            # outbox rows handed to paho and not yet confirmed
     min_delay = 0.5         # reconnect back-off, seconds
     max_delay = 30.0
+    ack_settle_s = 0.005    # acknowledgements gather this long before their rows are deleted
 
     def __init__(self, settings: Settings, outbox: Outbox, clock: Callable[[], str]):
         self.settings = settings
@@ -104,6 +105,7 @@ class Link:
         self._delay = self.min_delay
         self._pump_lock = threading.Lock()
         self._io_lock = threading.RLock()  # paho's socket reads and writes, from any thread
+        self._local = threading.local()    # .flushing: this thread writes what it publishes itself
         self._wake_r, self._wake_w = socket.socketpair()  # breaks the network thread's select
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -126,7 +128,8 @@ class Link:
         client.on_socket_open = self._on_socket_open
         # We run the network loop ourselves; this tells paho not to write to the
         # socket from the publishing thread but to wake our loop instead.
-        client.on_socket_register_write = lambda *_: self._wake_net()
+        client.on_socket_register_write = lambda *_: None if getattr(self._local, "flushing", False) \
+            else self._wake_net()
         return client
 
     def _wake_net(self) -> None:
@@ -267,10 +270,11 @@ class Link:
             try:
                 if self.client.want_write():
                     self.client.loop_write()
+                if not self.client.want_write():
+                    return
             finally:
                 self._io_lock.release()
-        else:
-            self._wake_net()
+        self._wake_net()  # the rest (a full socket buffer, or the lock was busy) is the network thread's
 
     def _backoff(self) -> None:
         delay = self._delay * random.uniform(0.5, 1.5)  # jitter: halls must not reconnect in lock-step
@@ -334,7 +338,7 @@ class Link:
             self._wake.wait(0.5)
             # let acknowledgements gather for a moment: fewer, larger deletes, and no
             # database work on the heels of an alarm that is still on its way out
-            self._stopping.wait(0.005)
+            self._stopping.wait(self.ack_settle_s)
             self._wake.clear()
             try:
                 connected = self.connected
@@ -356,11 +360,15 @@ class Link:
         does not wait for the pump thread to wake up)."""
         more = True
         if self.connected:
+            self._local.flushing = True  # no wake-up for the network thread: it would only contend
             try:
                 more = self._hand_over_batch(settle=False)  # removing acknowledged rows is the pump's job
                 self._flush()  # outside the pump lock: a callback holding the I/O lock may want it
             except Exception:
                 log.exception("outbox hand-over error")
+                self._wake_net()
+            finally:
+                self._local.flushing = False
         if more:
             self._wake.set()
 

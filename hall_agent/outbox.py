@@ -37,7 +37,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from .envelope import DROPPABLE, Envelope
 
@@ -46,13 +46,13 @@ log = logging.getLogger(__name__)
 ROW_OVERHEAD = 64  # bytes counted per row besides its payload (topic, columns)
 CHECKPOINT_COMMITS = 1000  # a checkpoint after this many commits (bounds the WAL to a few MB)
 CHECKPOINT_S = 60.0        # ... or this long after the first commit it does not hold yet
-INSERT_CHUNK = 200         # rows per INSERT statement (6 parameters each)
+INSERT_CHUNK = 200         # rows per INSERT statement (7 parameters each)
 _INSERT_SQL: dict[int, str] = {}
 FRESH_MAX = 500            # committed rows kept in memory for take() (no SELECT on the alarm path)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
-    pos INTEGER PRIMARY KEY AUTOINCREMENT,
+    pos INTEGER PRIMARY KEY,
     seq INTEGER,
     type TEXT NOT NULL,
     topic TEXT NOT NULL,
@@ -60,13 +60,19 @@ CREATE TABLE IF NOT EXISTS outbox (
     qos INTEGER NOT NULL,
     retain INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS outbox_type ON outbox(type, pos);
+DROP INDEX IF EXISTS outbox_type;
+CREATE INDEX IF NOT EXISTS outbox_reading ON outbox(pos) WHERE type = 'reading';
+CREATE INDEX IF NOT EXISTS outbox_health ON outbox(pos) WHERE type = 'health';
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+# pos is given by the outbox (one writer, under its lock), not AUTOINCREMENT: no
+# sqlite_sequence page to write on every commit. Only the droppable types are
+# indexed (partial indexes, for the overflow), so an alarm's commit writes the
+# table's pages alone. Outboxes made by earlier versions (AUTOINCREMENT) work as
+# they are.
 
 
-@dataclass(frozen=True)
-class Row:
+class Row(NamedTuple):  # a tuple: built for every committed row, so cheap to make
     pos: int
     seq: int | None
     topic: str
@@ -77,6 +83,10 @@ class Row:
     @property
     def size(self) -> int:
         return len(self.payload) + len(self.topic) + ROW_OVERHEAD
+
+
+class OutboxClosed(RuntimeError):
+    """An envelope arrived after the outbox was closed (the agent is stopping)."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +160,7 @@ class Outbox:
         self.depth, self.bytes = self._db.execute(
             f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload) + LENGTH(topic) + {ROW_OVERHEAD}), 0) "
             "FROM outbox").fetchone()
+        self._last_pos = self._db.execute("SELECT COALESCE(MAX(pos), 0) FROM outbox").fetchone()[0]
         self._cursor = 0           # highest pos handed out by take()
         if self.depth == 0:
             self._fresh = []
@@ -177,6 +188,8 @@ class Outbox:
             if isinstance(item, Envelope) and not item.routes:
                 raise ValueError(f"envelope {item.type} has no route")
         with self._lock:
+            if self._closed:
+                raise OutboxClosed("the outbox is closed: the agent is stopping")
             seq = self._next_seq
             rows, seqs = [], []
             for item in items:
@@ -213,23 +226,23 @@ class Outbox:
     def _commit(self, rows: list[tuple], durable: bool) -> None:
         self._set_sync("FULL" if durable and self.fsync == "always" else "NORMAL")
         db = self._db
+        first = self._last_pos + 1
         if len(rows) <= INSERT_CHUNK:  # one statement is one transaction: no BEGIN/COMMIT round trips
-            last = self._insert(rows)
+            self._insert(first, rows)
         else:
             db.execute("BEGIN IMMEDIATE")
             try:
                 for i in range(0, len(rows), INSERT_CHUNK):
-                    last = self._insert(rows[i:i + INSERT_CHUNK])
+                    self._insert(first + i, rows[i:i + INSERT_CHUNK])
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+        self._last_pos = first + len(rows) - 1
         self._dirty = True
         self._commits += 1
         if durable and self.fsync == "events":
             self._sync_wanted = True
-        # one writer under the lock: the new rows' positions follow each other up to the last
-        first = last - len(rows) + 1
         if self._fresh is not None and (not self._fresh or self._fresh[-1].pos < first) \
                 and len(self._fresh) + len(rows) <= FRESH_MAX:
             self._fresh += [Row(first + i, r[0], r[2], r[3], r[4], bool(r[5])) for i, r in enumerate(rows)]
@@ -238,13 +251,16 @@ class Outbox:
         self.depth += len(rows)
         self.bytes += sum(len(r[3]) + len(r[2]) + ROW_OVERHEAD for r in rows)
 
-    def _insert(self, rows: list[tuple]) -> int:
-        """Insert rows with one statement; returns the last one's pos."""
+    def _insert(self, first: int, rows: list[tuple]) -> None:
+        """Insert rows at positions first, first + 1, ... with one statement."""
         sql = _INSERT_SQL.get(len(rows))
         if sql is None:
-            sql = _INSERT_SQL[len(rows)] = ("INSERT INTO outbox(seq, type, topic, payload, qos, retain) VALUES "
-                                            + ",".join(["(?,?,?,?,?,?)"] * len(rows)))
-        return self._db.execute(sql, [x for r in rows for x in r]).lastrowid
+            sql = _INSERT_SQL[len(rows)] = ("INSERT INTO outbox(pos, seq, type, topic, payload, qos, retain) VALUES "
+                                            + ",".join(["(?,?,?,?,?,?,?)"] * len(rows)))
+        params: list = []
+        for i, r in enumerate(rows):
+            params += (first + i, *r)
+        self._db.execute(sql, params)
 
     def _set_sync(self, mode: str) -> None:
         if mode != self._sync_mode:
@@ -257,10 +273,10 @@ class Outbox:
         dropped: list[int] = []
         for type_ in DROPPABLE:
             while self.bytes > target:
-                rows = self._db.execute(
+                rows = self._db.execute(  # the type as a literal: it selects the partial index
                     "SELECT pos, seq, LENGTH(payload) + LENGTH(topic) + ? FROM outbox "
-                    "WHERE type = ? AND pos NOT IN (SELECT value FROM json_each(?)) ORDER BY pos LIMIT 1000",
-                    (ROW_OVERHEAD, type_, _json_list(self._taken))).fetchall()
+                    f"WHERE type = '{type_}' AND pos NOT IN (SELECT value FROM json_each(?)) ORDER BY pos LIMIT 1000",
+                    (ROW_OVERHEAD, _json_list(self._taken))).fetchall()
                 if not rows:
                     break
                 victims = []

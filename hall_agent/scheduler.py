@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from .calendar import BusinessCalendar, Run
+from .outbox import OutboxClosed
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +183,8 @@ class CheckScheduler:
         self._mark_done(planned.key)
         try:
             self.run_check(planned.run)
+        except OutboxClosed:
+            log.warning("%s check ended by the agent stopping: its report was not recorded", planned.run.kind)
         except Exception:
             log.exception("%s check failed to run", planned.run.kind)
 

@@ -9,6 +9,8 @@ from mqtt_helpers import MOSQUITTO, Broker
 def no_simulated_day(monkeypatch):
     """Simulated halls keep the values tests give them (test_simday turns the day on)."""
     monkeypatch.setenv("HALL_AGENT_SIM_DAY", "0")
+    # no opening/closing check fires by the calendar: tests must not depend on the time of day
+    monkeypatch.setenv("HALL_AGENT_SCHEDULE", "0")
 
 
 @pytest.fixture

@@ -164,6 +164,11 @@ def publish(port: int, topic: str, payload: bytes | str, qos: int = 1, retain: b
         client.loop_stop()
 
 
+#: no scheduled check fires during a test, whatever the time of day it runs at
+CLOSED_HOURS = "[hours]\n" + "".join(f'{d} = "closed"\n' for d in (
+    "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"))
+
+
 def write_config(path: Path, port: int, state: Path, extra: str = "", hall: str = "zg-001") -> Path:
     path.write_text(f"""
 [hall]

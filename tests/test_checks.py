@@ -12,7 +12,7 @@ import pytest
 from hall_agent.agent import Agent
 from hall_agent.config import validate
 from hall_agent.devices import ProbeResult
-from mqtt_helpers import AgentProcess, Recorder, publish, wait_until, write_config
+from mqtt_helpers import CLOSED_HOURS, AgentProcess, Recorder, publish, wait_until, write_config
 from test_schema import SCHEMA
 
 CHECK = jsonschema.Draft202012Validator({**SCHEMA["$defs"]["check"], "$defs": SCHEMA["$defs"]})
@@ -129,7 +129,7 @@ def test_cli_exit_codes_and_json(tmp_path):
 
 def test_check_command_and_retained_report(broker, tmp_path):
     cfg = write_config(tmp_path / "c.toml", broker.port, tmp_path / "state",
-                       "[checks]\nsettle_s = 0.3\n[[inputs]]\nid='door.side'\nkind='door'\npin=17\ncontact='nc'\n")
+                       CLOSED_HOURS + "[checks]\nsettle_s = 0.3\n[[inputs]]\nid='door.side'\nkind='door'\npin=17\ncontact='nc'\n")
     base = "halls/zigong/ziliujing/zg-001"
     rec = Recorder(broker.port, [f"{base}/#"])
     agent = AgentProcess(cfg, "--simulate").start()
@@ -155,7 +155,7 @@ def test_check_command_and_retained_report(broker, tmp_path):
 
 def test_cli_check_asks_the_running_agent(broker, tmp_path):
     cfg = write_config(tmp_path / "c.toml", broker.port, tmp_path / "state",
-                       "[checks]\nsettle_s = 0.2\n[[inputs]]\nid='door.side'\nkind='door'\npin=17\ncontact='nc'\n")
+                       CLOSED_HOURS + "[checks]\nsettle_s = 0.2\n[[inputs]]\nid='door.side'\nkind='door'\npin=17\ncontact='nc'\n")
     rec = Recorder(broker.port, ["halls/zigong/ziliujing/zg-001/#"])
     agent = AgentProcess(cfg, "--simulate").start()  # holds the state folder's lock
     try:

@@ -259,3 +259,34 @@ def test_events_are_fsynced_in_the_wal_and_checkpointed_only_in_bulk(tmp_path, m
         assert path.stat().st_size > db_size, "no checkpoint after CHECKPOINT_COMMITS commits"
     finally:
         box.close()
+
+
+def test_an_outbox_of_the_earlier_schema_is_used_as_it_is(tmp_path):
+    """Outboxes made before pos was assigned by the outbox (AUTOINCREMENT, one index on
+    type): their rows go out first, in order, and new rows follow them."""
+    path = tmp_path / "o.db"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        PRAGMA journal_mode=WAL;
+        CREATE TABLE outbox (pos INTEGER PRIMARY KEY AUTOINCREMENT, seq INTEGER, type TEXT NOT NULL,
+            topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL);
+        CREATE INDEX outbox_type ON outbox(type, pos);
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    """)
+    for seq in (1, 2, 3):
+        env = EVENTS.agent("old")
+        db.execute("INSERT INTO outbox(seq, type, topic, payload, qos, retain) VALUES (?,?,?,?,1,0)",
+                   (seq, "agent", env.routes[0].topic, env.encode(seq)))
+    db.execute("DELETE FROM outbox WHERE seq = 1")  # delivered before the upgrade
+    db.commit()
+    db.close()
+    box = Outbox(path)
+    try:
+        assert box.enqueue(EVENTS.agent("new")) == 4
+        rows = box.take(10)
+        assert [r.seq for r in rows] == [2, 3, 4]
+        assert rows[-1].pos > rows[-2].pos
+        indexes = {r[0] for r in sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert "outbox_type" not in indexes and {"outbox_reading", "outbox_health"} <= indexes
+    finally:
+        box.close()

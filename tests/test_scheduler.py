@@ -123,3 +123,42 @@ def test_time_sync_falls_back_to_timedated_when_adjtimex_is_filtered(tmp_path):
     assert TimeSync(flag_file="/nonexistent", adjtimex=filtered, timedatectl=str(fake)).synchronised() is False
     assert TimeSync(flag_file="/nonexistent", adjtimex=filtered,
                     timedatectl=str(tmp_path / "missing")).synchronised() is False
+
+
+def test_the_agent_runs_its_check_schedule_unless_told_not_to(tmp_path, monkeypatch, broker):
+    """The agent starts its scheduler with the calendar's jobs; HALL_AGENT_SCHEDULE=0 (the
+    tests' setting, so that no test depends on the time of day) leaves it stopped."""
+    from hall_agent.agent import Agent
+    from hall_agent.config import validate
+    settings = validate({"hall": {"id": "zg-001", "city": "zigong", "branch": "ziliujing"},
+                         "mqtt": {"host": "127.0.0.1", "port": broker.port, "drain_s": 1},
+                         "storage": {"dir": str(tmp_path / "s")}, "hours": {"holidays": ""},
+                         "checks": {"require_time_sync": False}})
+    for env, running in (("1", True), ("0", False)):
+        monkeypatch.setenv("HALL_AGENT_SCHEDULE", env)
+        agent = Agent(settings, simulate=True)
+        agent.start()
+        try:
+            assert agent.scheduler.scheduler.running is running
+            if running:
+                jobs = agent.scheduler.jobs()
+                assert jobs and all(j.split("@")[0] in ("opening", "closing") for j in jobs)
+        finally:
+            agent.stop()
+
+
+def test_a_check_cut_short_by_shutdown_is_a_warning_not_a_traceback(tmp_path, caplog):
+    from hall_agent.outbox import Outbox
+    box = Outbox(tmp_path / "o.db")
+    box.close()
+
+    def run_check(run):
+        from hall_agent.envelope import Events
+        box.enqueue(Events("zg-001", "Asia/Shanghai", "halls/x").agent("check"))  # the agent has stopped
+    sched = CheckScheduler(CAL, run_check, tmp_path / "d.json", 20, require_sync=False,
+                           timesync=FakeSync(True), now=lambda: datetime(2026, 11, 27, 6, 0, tzinfo=SH))
+    planned, _ = plan(CAL, datetime(2026, 11, 27, 6, 0, tzinfo=SH), GRACE, set())
+    with caplog.at_level("WARNING"):
+        sched._fire(planned[0])
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert "ended by the agent stopping" in caplog.text and not caplog.records[0].exc_info

@@ -94,16 +94,17 @@ class HallDevices:
         data = {"state": change.state}
         if change.at_boot:
             data["at_boot"] = True
+        # the alert the rules raise goes first, committed and written to the socket on its
+        # own: its hand-over does not wait for the state's (nor for building it)
+        for listener in self.listeners:
+            listener(change.kind, change.id, data)
         if change.kind == "panic" and change.state == "alarm":
             env = self.events.state(change.id, data, severity="critical", moment=EMERGENCY)
         elif change.kind == "door" and change.state == "open":
             env = self.events.state(change.id, data, moment=INTERNAL)
         else:
             env = self.events.state(change.id, data)
-        with self.batch():  # the alert the rules raise and the state: one commit, one hand-over
-            for listener in self.listeners:
-                listener(change.kind, change.id, data)
-            self.emit(env)
+        self.emit(env)
         if change.kind == "reset" and change.active and not change.at_boot:
             cfg = next(c for c in self.settings.inputs if c.id == change.id)
             for panic_id in cfg.resets:
