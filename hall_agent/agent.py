@@ -19,7 +19,7 @@ from .config import Settings
 from .envelope import Envelope, Events, Moment
 from .alerts import Alerts
 from .calendar import BusinessCalendar
-from .checks import CheckRunner, Report
+from .checks import CheckAborted, CheckRunner, Report
 from .commands import CommandError, parse as parse_command
 from .devices.hall import HallDevices
 from .hardware import Hardware
@@ -84,7 +84,7 @@ class Agent:
         self.alerts = Alerts(self.engine, self.events, self.emit, self.outbox, self.state_dir / "alerts.json",
                              self._now)
         self.devices.listeners.append(self._on_device)
-        self.checks = CheckRunner(settings, self.devices, self.sensors, self._now)
+        self.checks = CheckRunner(settings, self.devices, self.sensors, self._now, sleep=self._check_sleep)
         self.slow_commands = {"check"}  # run in their own thread: a check takes settle_s
         from .scheduler import CheckScheduler
         self.scheduler = CheckScheduler(self.calendar, lambda run: self.run_check(run.kind, run.at),
@@ -213,9 +213,16 @@ class Agent:
         }, severity="warning", moment=Moment("system", 2), source="outbox")
 
     # -- checks -------------------------------------------------------------------
+    def _check_sleep(self, seconds: float) -> None:
+        """A check's settle time, cut short when the agent stops."""
+        if self._stop.wait(seconds):
+            raise CheckAborted("the agent is stopping")
+
     def run_check(self, kind: str, scheduled_for: datetime | None = None, publish: bool = True,
                   settle_s: float | None = None) -> Report:
         report = self.checks.run(kind, scheduled_for, settle_s)
+        if self._stop.is_set():  # its parts were being stopped under it: no report to trust
+            raise CheckAborted("the agent is stopping")
         data = report.as_dict()
         self.last_checks[kind] = data
         if publish:
@@ -229,7 +236,10 @@ class Agent:
         kind = args.get("kind")
         if kind not in ("opening", "closing"):
             raise CommandError("bad-args", "'kind' must be \"opening\" or \"closing\"")
-        return self.run_check(kind).as_dict()
+        try:
+            return self.run_check(kind).as_dict()
+        except CheckAborted:
+            raise CommandError("failed", "the agent is stopping: the check was cut short") from None
 
     # -- commands -----------------------------------------------------------------
     def _on_command(self, msg: Incoming) -> None:

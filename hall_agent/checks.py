@@ -114,6 +114,10 @@ def equipment_item(equipment_id: str, reachable: bool | None, latency_ms: float 
     return Item(equipment_id, "pass", "off")
 
 
+class CheckAborted(Exception):
+    """The check was cut short because the agent is stopping: it has no report."""
+
+
 class CheckRunner:
     """Runs a check against the live agent parts; the agent publishes the report."""
 

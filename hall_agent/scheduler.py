@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from .calendar import BusinessCalendar, Run
+from .checks import CheckAborted
 from .outbox import OutboxClosed
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,13 @@ class CheckScheduler:
             tmp.write_text(json.dumps(done))
             os.replace(tmp, self.state_file)
 
+    def _unmark_done(self, key: str) -> None:
+        with self._lock:
+            done = self._done() - {key}
+            tmp = self.state_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(sorted(done)))
+            os.replace(tmp, self.state_file)
+
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
         self.scheduler.start()
@@ -183,8 +191,10 @@ class CheckScheduler:
         self._mark_done(planned.key)
         try:
             self.run_check(planned.run)
-        except OutboxClosed:
-            log.warning("%s check ended by the agent stopping: its report was not recorded", planned.run.kind)
+        except (CheckAborted, OutboxClosed):
+            self._unmark_done(planned.key)
+            log.warning("%s check cut short by the agent stopping: not recorded; it runs at the next start "
+                        "if that is within %s of its time", planned.run.kind, self.grace)
         except Exception:
             log.exception("%s check failed to run", planned.run.kind)
 

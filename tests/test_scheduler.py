@@ -1,6 +1,7 @@
 """Scheduling the checks with a controlled clock."""
 
 import threading
+import time
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -161,4 +162,31 @@ def test_a_check_cut_short_by_shutdown_is_a_warning_not_a_traceback(tmp_path, ca
     with caplog.at_level("WARNING"):
         sched._fire(planned[0])
     assert [r.levelname for r in caplog.records] == ["WARNING"]
-    assert "ended by the agent stopping" in caplog.text and not caplog.records[0].exc_info
+    assert "cut short by the agent stopping" in caplog.text and not caplog.records[0].exc_info
+    assert planned[0].key not in sched._done()  # it runs again at the next start, within grace
+
+
+def test_stopping_the_agent_cuts_a_running_check_short(tmp_path, broker, caplog):
+    """SIGTERM during a check's settle time: the check stops at once, publishes no report
+    gathered from parts being stopped, and stays due for the next start."""
+    import json
+    from hall_agent.agent import Agent
+    from hall_agent.config import validate
+    settings = validate({"hall": {"id": "zg-001", "city": "zigong", "branch": "ziliujing"},
+                         "mqtt": {"host": "127.0.0.1", "port": broker.port, "drain_s": 1},
+                         "storage": {"dir": str(tmp_path / "s")}, "hours": {"holidays": ""},
+                         "checks": {"require_time_sync": False, "settle_s": 30}})
+    agent = Agent(settings, simulate=True)
+    agent.start()
+    planned, _ = plan(CAL, datetime(2026, 11, 27, 6, 0, tzinfo=SH), GRACE, set())
+    runner = threading.Thread(target=agent.scheduler._fire, args=(planned[0],))
+    runner.start()
+    time.sleep(0.5)  # in its settle time
+    started = time.monotonic()
+    with caplog.at_level("WARNING"):
+        agent.stop()
+        runner.join(5)
+    assert not runner.is_alive() and time.monotonic() - started < 5
+    assert "cut short by the agent stopping" in caplog.text
+    assert planned[0].key not in json.loads((tmp_path / "s" / "checks-done.json").read_text())
+    assert "opening" not in agent.last_checks  # no report
