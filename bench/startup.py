@@ -3,7 +3,6 @@ beside a raw paho script doing the same, and the bare import of our stack."""
 
 from __future__ import annotations
 
-import json
 import statistics
 import subprocess
 import sys

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from contextlib import contextmanager
 import os
 import signal
 import threading
@@ -61,7 +60,6 @@ class Agent:
                              on_overflow=self._overflow_event)
         self.link = Link(settings, self.outbox, self.events.now)
         self._stop = threading.Event()
-        self._local = threading.local()
         self._threads: list[threading.Thread] = []
         self.tick_heartbeat = time.monotonic()
         self.watchdog = None
@@ -75,8 +73,7 @@ class Agent:
         self.sensors = SensorLoop(self.hardware.sensor_specs(), self._on_reading, self._on_sensor_fault,
                                   self._on_sensor_recover)
         self.devices = HallDevices(settings, self.events, self.emit, pin_factory=self.hardware.pin_factory(),
-                                   printer_port=self.hardware.serial_port, probe_fn=self.hardware.probe,
-                                   batch=self.batch)
+                                   printer_port=self.hardware.serial_port, probe_fn=self.hardware.probe)
         self.hardware.attach(self.devices)
         self.calendar = BusinessCalendar(settings.hours, settings.hall.timezone, settings.checks.opening_lead_min,
                                          settings.checks.closing_delay_min, cache_dir=self.state_dir)
@@ -178,33 +175,13 @@ class Agent:
 
     # -- events -------------------------------------------------------------------
     def emit(self, env: Envelope | Raw) -> int | None:
-        """Commit an envelope (or a raw message) to the outbox and hand it to MQTT;
-        returns its seq (None inside ``batch()``, which commits at its end)."""
-        pending = getattr(self._local, "batch", None)
-        if pending is not None:
-            pending.append(env)
-            return None
+        """Commit an envelope (or a raw message) to the outbox and hand it to MQTT at
+        once, from the calling thread (an alarm does not wait for another thread);
+        returns its seq (None for a raw message)."""
         (seq,) = self.outbox.enqueue_many([env], defer_sync=True)
         self.link.kick()
         self.outbox.nudge()  # the fsync after the hand-over, not between commit and hand-over
         return seq
-
-    @contextmanager
-    def batch(self):
-        """Envelopes emitted in the block go out together: one commit, one hand-over
-        (an alarm's alert and state reach the broker without waiting on each other)."""
-        if getattr(self._local, "batch", None) is not None:
-            yield  # already batching
-            return
-        self._local.batch = []
-        try:
-            yield
-        finally:
-            envs, self._local.batch = self._local.batch, None
-            if envs:
-                self.outbox.enqueue_many(envs, defer_sync=True)
-                self.link.kick()
-                self.outbox.nudge()
 
     def _overflow_event(self, dropped: Dropped) -> Envelope:
         return self.events.agent("outbox-overflow", {

@@ -14,7 +14,6 @@ import fcntl
 import json
 import sys
 import threading
-import time
 import uuid
 from pathlib import Path
 

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 ROW_OVERHEAD = 64  # bytes counted per row besides its payload (topic, columns)
 CHECKPOINT_COMMITS = 1000  # a checkpoint after this many commits (bounds the WAL to a few MB)
-CHECKPOINT_S = 60.0        # ... or this long after the first commit it does not hold yet
+CHECKPOINT_S = 60.0        # ... or this long after the last one, when commits came since
 INSERT_CHUNK = 200         # rows per INSERT statement (7 parameters each)
 _INSERT_SQL: dict[int, str] = {}
 FRESH_MAX = 500            # committed rows kept in memory for take() (no SELECT on the alarm path)

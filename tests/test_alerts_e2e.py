@@ -117,9 +117,9 @@ def test_threshold_door_and_panic_alerts_through_a_restart(broker, tmp_path):
         rec.close()
 
 
-def test_cleared_then_removed_in_that_order_within_a_batch(tmp_path):
-    """A door closing clears its alert inside the input's batch: the cleared envelope
-    must still come before the empty retained message."""
+def test_cleared_then_removed_in_that_order(tmp_path):
+    """A door closing clears its alert: the cleared envelope comes before the empty
+    retained message that removes the topic, and both before the door's state."""
     from datetime import datetime
     from zoneinfo import ZoneInfo
     from hall_agent.agent import Agent
@@ -129,12 +129,12 @@ def test_cleared_then_removed_in_that_order_within_a_batch(tmp_path):
     try:
         night = datetime(2026, 7, 1, 22, 0, tzinfo=ZoneInfo("Asia/Shanghai"))
         agent.alerts.feed(lambda now: agent.engine.input("door", "door.side", "open", night, 120))
-        with agent.batch():
-            agent.alerts.feed(lambda now: agent.engine.input("door", "door.side", "closed", night, 120))
-            agent.emit(agent.events.state("door.side", {"state": "closed"}))
-        rows = [r for r in agent.outbox.take(100) if "/alert/" in r.topic]
-        assert [(b'"cleared"' in r.payload, r.payload == b"", r.retain) for r in rows] == [
-            (False, False, True), (True, False, False), (False, True, True)]
+        agent.alerts.feed(lambda now: agent.engine.input("door", "door.side", "closed", night, 120))
+        agent.emit(agent.events.state("door.side", {"state": "closed"}))
+        rows = [r for r in agent.outbox.take(100) if "/alert/" in r.topic or "/state/" in r.topic]
+        assert [(b'"cleared"' in r.payload, r.payload == b"", r.retain, "/state/" in r.topic) for r in rows] == [
+            (False, False, True, False), (True, False, False, False), (False, True, True, False),
+            (False, False, True, True)]
     finally:
         agent.outbox.close()
         agent.hardware.close()

@@ -8,7 +8,6 @@ factory; it knows nothing of MQTT or disk.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from typing import Any, Callable
@@ -32,9 +31,7 @@ SYSTEM = Moment("system", 2)
 class HallDevices:
     def __init__(self, settings: Settings, events: Events, emit: Callable[[Envelope], Any], pin_factory=None,
                  printer_port: Callable[[str, str], str] = lambda pid, port: port,
-                 probe_fn: Callable[[str, float], ProbeResult] = probe,
-                 batch: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
-        self.batch = batch
+                 probe_fn: Callable[[str, float], ProbeResult] = probe):
         self.settings = settings
         self.events = events
         self.emit = emit

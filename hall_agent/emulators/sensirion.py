@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from ..sensors.base import celsius_to_ticks, check_words, sensirion_crc, words_with_crc, SensorChecksumError
+from ..sensors.base import celsius_to_ticks, check_words, words_with_crc, SensorChecksumError
 from .i2c import EmulatedChip, nack
 
 

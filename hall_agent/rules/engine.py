@@ -8,7 +8,7 @@ timers (``for_s``, ``held_open_s``, the end of business hours).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, Callable
 
