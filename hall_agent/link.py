@@ -104,6 +104,7 @@ class Link:
         self._inbox: queue.Queue[Incoming | None] = queue.Queue(maxsize=1000)
         self._delay = self.min_delay
         self._pump_lock = threading.Lock()
+        self._leaving = False
         self._io_lock = threading.RLock()  # paho's socket reads and writes, from any thread
         self._local = threading.local()    # .flushing: this thread writes what it publishes itself
         self._wake_r, self._wake_w = socket.socketpair()  # breaks the network thread's select
@@ -180,6 +181,7 @@ class Link:
         props = None
         if self.settings.mqtt.protocol == 5:
             props = Properties(PacketTypes.DISCONNECT)
+        self._leaving = True  # the disconnection that follows is ours, not a lost connection
         self.client.disconnect(properties=props)  # a clean DISCONNECT: the broker drops the last will
         self._wake_net()
         deadline = time.monotonic() + 2.0
@@ -313,7 +315,7 @@ class Link:
         was = self._connected.is_set()
         self._connected.clear()
         self._wake.set()
-        if was and not self._stopping.is_set():
+        if was and not (self._stopping.is_set() or self._leaving):
             log.warning("MQTT connection lost: %s", reason_code)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:

@@ -59,6 +59,7 @@ def test_online_commands_and_clean_shutdown(broker, tmp_path, protocol):
         assert {"uptime_s", "outbox", "cpu_temperature_c", "disk_free_mb", "rss_mb"} <= set(h)
         assert agent.terminate() == 0
         assert rec.wait_for(status_is("offline", "shutdown"))
+        assert "connection lost" not in agent.output()  # our own DISCONNECT is not a lost connection
     finally:
         agent.kill()
         rec.close()
