@@ -181,11 +181,18 @@ class CheckScheduler:
             log.warning("%s check of %s at %s was missed (more than %s ago): skipped", run.kind, run.day,
                         run.at.isoformat(timespec="minutes"), self.grace)
         for p in planned:
-            late = p.fire_at <= now  # a late run within grace: at once
-            self.scheduler.add_job(self._fire, "date", run_date=None if late else p.fire_at, args=[p],
+            self.scheduler.add_job(self._fire, "date", run_date=self._run_date(p.fire_at, now), args=[p],
                                    id=p.key, misfire_grace_time=int(self.grace.total_seconds()) or 1,
                                    replace_existing=True)
         return planned
+
+    def _run_date(self, fire_at: datetime, now: datetime) -> datetime | None:
+        """APScheduler waits and judges misfires on the system clock; our plan is made
+        on the injected one. Hand it the same delay from its own "now", so the two can
+        never disagree (a late run within grace: at once)."""
+        if fire_at <= now:
+            return None
+        return datetime.now(self.calendar.tz) + (fire_at - now)
 
     def _fire(self, planned: Planned) -> None:
         self._mark_done(planned.key)
