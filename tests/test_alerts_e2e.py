@@ -22,7 +22,7 @@ holidays = ""
 id = "co2.a"
 driver = "mhz19"
 port = "/dev/ttyUSB0"
-interval_s = 0.2
+interval_s = 1
 
 [[inputs]]
 id = "door.side"

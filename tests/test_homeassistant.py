@@ -12,7 +12,7 @@ enabled = true
 [[sensors]]
 id = "co2.a"
 driver = "scd4x"
-interval_s = 0.5
+interval_s = 5
 [[inputs]]
 id = "door.side"
 kind = "door"

@@ -3,11 +3,13 @@
 import time
 
 import pytest
+from hypothesis import given, settings, strategies as st
 from gpiozero.pins.mock import MockFactory
 
 from hall_agent.config.models import InputConfig
 from hall_agent.devices import Debouncer, InputWatcher, PanicLatch
-from hall_agent.emulators.gpio import contact_factory
+from hall_agent.devices.inputs import PulseFilter
+from hall_agent.emulators.gpio import contact_factory, late_factory
 from mqtt_helpers import wait_until
 
 
@@ -67,10 +69,10 @@ def test_panic_reacts_on_the_first_edge_and_latches():
     factory = MockFactory()
     pin = factory.pin(22)
     changes = Changes()
-    w = watcher(factory, changes, id="panic.1", kind="panic", pin=22, contact="no", bounce_ms=50)
+    w = watcher(factory, changes, id="panic.1", kind="panic", pin=22, contact="no", bounce_ms=50, min_pulse_ms=0)
     assert w.state == "normal"
     t0 = time.perf_counter()
-    pin.drive_low()  # pressed: reported at once, in the edge callback
+    pin.drive_low()  # pressed: reported at once, in the edge callback (no min_pulse)
     assert changes == [("panic.1", "alarm")] and time.perf_counter() - t0 < 0.05
     for _ in range(5):  # bounce on press
         pin.drive_high()
@@ -89,6 +91,8 @@ def test_panic_reset_refused_while_still_pressed():
     changes = Changes()
     w = watcher(factory, changes, id="panic.1", kind="panic", pin=22, bounce_ms=0)
     pin.drive_low()
+    assert "still pressed" in w.reset()          # still being measured (min_pulse 10 ms)
+    assert wait_until(lambda: w.state == "alarm", 1)
     assert "still pressed" in w.reset()
     assert w.state == "alarm"
 
@@ -132,3 +136,99 @@ def test_latch_logic():
     assert latch.update(True) is True and latch.update(True) is False
     latch.update(False)
     assert latch.alarm and latch.reset() is None and not latch.alarm
+
+
+# -- late callbacks (lgpio), each edge with its own level; min_pulse_ms -----------------------
+
+def test_panic_press_shorter_than_the_callback_delay_still_latches():
+    """lgpio runs callbacks ~50 ms after the edge: when the press edge's callback runs the
+    button is already released. The edge's own level must latch the alarm (issue 13.7)."""
+    factory = late_factory(0.05)
+    pin = factory.pin(22)
+    changes = Changes()
+    w = watcher(factory, changes, id="panic.1", kind="panic", pin=22, contact="no", bounce_ms=50)
+    assert w.cfg.min_pulse_ms == 10
+    pin.drive_low()          # pressed ...
+    time.sleep(0.015)        # ... for 15 ms (>= min_pulse 10 ms)
+    pin.drive_high()         # released, before the first callback has run
+    assert pin.drain() and wait_until(lambda: changes == [("panic.1", "alarm")], 1), changes
+    time.sleep(0.1)
+    assert changes == [("panic.1", "alarm")] and w.state == "alarm"
+    assert w.reset() is None and w.state == "normal"
+
+
+@pytest.mark.parametrize("delay_s", [0.0, 0.05])
+def test_panic_glitch_shorter_than_min_pulse_is_not_an_alarm(delay_s):
+    factory = late_factory(delay_s)
+    pin = factory.pin(22)
+    changes = Changes()
+    w = watcher(factory, changes, id="panic.1", kind="panic", pin=22, contact="no", bounce_ms=50)
+    pin.drive_low()
+    pin.drive_high()         # a pulse of microseconds: a glitch on the loop
+    assert pin.drain()
+    time.sleep(0.35)         # past min_pulse and the lost-edge grace
+    assert changes == [] and w.state == "normal" and w.pulses.glitches == 1
+
+
+def test_panic_held_press_is_an_alarm_after_min_pulse_while_still_pressed():
+    factory = late_factory(0.0)
+    pin = factory.pin(22)
+    changes = Changes()
+    w = watcher(factory, changes, id="panic.1", kind="panic", pin=22, contact="no", bounce_ms=50, min_pulse_ms=10)
+    pin.drive_low()          # held down
+    assert wait_until(lambda: changes == [("panic.1", "alarm")], 1) and w.state == "alarm"
+
+
+def test_panic_without_min_pulse_latches_on_the_activation_edge_even_if_pin_reads_released():
+    factory = late_factory(0.05)
+    pin = factory.pin(22)
+    changes = Changes()
+    w = watcher(factory, changes, id="panic.1", kind="panic", pin=22, contact="no", bounce_ms=50, min_pulse_ms=0)
+    pin.drive_low()
+    pin.drive_high()
+    assert pin.drain() and changes == [("panic.1", "alarm")] and w.state == "alarm"
+
+
+def test_door_open_and_closed_between_two_late_callbacks_gives_both_changes():
+    factory = late_factory(0.05)
+    pin = factory.pin(17)
+    changes = Changes()
+    w = watcher(factory, changes, contact="no", bounce_ms=10)
+    pin.drive_low()          # NO contact closes: door open
+    time.sleep(0.03)         # held 30 ms > bounce_ms
+    pin.drive_high()         # closed again before the first callback runs
+    assert pin.drain() and wait_until(lambda: changes == [("door.side", "open"), ("door.side", "closed")], 1), changes
+    assert w.state == "closed"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=40), min_size=1, max_size=12), st.integers(0, 20))
+def test_pulse_filter_passes_exactly_the_pulses_at_least_min_pulse_long(widths_ms, min_ms):
+    """Alternating press/release edges 100 ms apart with the given press widths."""
+    f = PulseFilter(min_ms / 1000.0)
+    out, t = [], 0.0
+    for w in widths_ms:
+        out += f.edge(True, t)
+        out += f.edge(False, t + w / 1000.0)
+        t += 0.1
+    presses = [at for level, at in out if level]
+    expected = [i * 0.1 for i, w in enumerate(widths_ms) if w >= min_ms]
+    assert presses == pytest.approx(expected)
+    assert f.glitches == sum(1 for w in widths_ms if w < min_ms)
+    assert [level for level, _ in out] == [True, False] * len(expected)
+
+
+def test_pulse_filter_expires_a_press_still_held_or_whose_release_edge_is_lost():
+    f = PulseFilter(0.01, grace_s=0.25)
+    assert f.edge(True, 1.0) == [] and f.due() == pytest.approx(1.01)
+    assert f.expire(1.005, pin_active=True) == []           # too early
+    assert f.expire(1.02, pin_active=False) == []           # released: wait for the release edge
+    assert f.expire(1.3, pin_active=False) == [(True, 1.0)]  # the release edge never came: safe side
+    assert f.edge(True, 2.0) == [] and f.expire(2.011, pin_active=True) == [(True, 2.0)]
+    assert f.edge(False, 2.5) == [(False, 2.5)]
+
+
+def test_min_pulse_defaults():
+    assert InputConfig(id="p", kind="panic", pin=1).min_pulse_ms == 10
+    assert InputConfig(id="d", kind="door", pin=1).min_pulse_ms == 0
+    assert InputConfig(id="r", kind="reset", pin=1, min_pulse_ms=5).min_pulse_ms == 5

@@ -29,7 +29,9 @@ def test_panic_edge_to_mqtt_handoff_is_not_held_up(broker, tmp_path):
         "hall": {"id": "zg-001", "city": "zigong", "branch": "ziliujing"},
         "mqtt": {"host": "127.0.0.1", "port": broker.port, "drain_s": 1},
         "storage": {"dir": str(tmp_path / "state")},
-        "inputs": [{"id": "panic.1", "kind": "panic", "pin": 22, "contact": "nc", "bounce_ms": 0}],
+        # min_pulse_ms 0: this measures the hand-off path, not the deliberate 10 ms glitch filter
+        # (test_inputs.py covers that)
+        "inputs": [{"id": "panic.1", "kind": "panic", "pin": 22, "contact": "nc", "bounce_ms": 0, "min_pulse_ms": 0}],
         "equipment": [{"id": "kiosk.1", "probe": "tcp://10.0.0.1:80", "probe_interval_s": 1}],
     })
     agent = Agent(settings, simulate=True)

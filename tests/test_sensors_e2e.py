@@ -16,23 +16,23 @@ interval_s = 0.3
 [[sensors]]
 id = "co2.a"
 driver = "scd4x"
-interval_s = 0.5
+interval_s = 5
 [[sensors]]
 id = "pm.a"
 driver = "pms5003"
 port = "/dev/ttyUSB7"
-interval_s = 0.4
+interval_s = 2.3
 fault_after = 2
 [[sensors]]
 id = "co2.b"
 driver = "mhz19"
 port = "/dev/ttyUSB8"
-interval_s = 0.4
+interval_s = 1
 [[sensors]]
 id = "t.pipe"
 driver = "ds18b20"
 device = "28-0316a2791eff"
-interval_s = 0.4
+interval_s = 1
 """
 
 

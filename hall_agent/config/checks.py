@@ -6,7 +6,7 @@ import ipaddress
 import os
 import re
 
-from .models import I2C_DRIVERS, SERIAL_DRIVERS, Settings
+from .models import I2C_DRIVERS, MIN_INTERVAL_S, PART_SWITCHES, SERIAL_DRIVERS, Settings
 
 Problem = tuple[str, str]
 
@@ -102,6 +102,12 @@ def _sensor_options(s: Settings) -> list[Problem]:
                 problems.append((f"{path}.{key}", "only the scd4x driver takes this setting"))
         if sensor.driver not in SERIAL_DRIVERS and sensor.port:
             problems.append((f"{path}.port", f"driver {sensor.driver!r} is not a serial part; remove port"))
+        minimum = MIN_INTERVAL_S.get(sensor.driver)
+        if minimum is not None and sensor.interval_s < minimum[0]:
+            problems.append((f"{path}.interval_s", f"{sensor.interval_s:g} s is below {minimum[0]:g} s: {minimum[1]}"))
+        for key, (driver, _) in PART_SWITCHES.items():
+            if key in sensor.model_fields_set and sensor.driver != driver:
+                problems.append((f"{path}.{key}", f"only the {driver} driver takes this setting"))
     return problems
 
 

@@ -24,6 +24,19 @@ SERIAL_DRIVERS = {"mhz19", "pms5003", "ze08"}
 FILE_DRIVERS = {"ds18b20"}
 DRIVERS = tuple(sorted(set(I2C_DRIVERS) | SERIAL_DRIVERS | FILE_DRIVERS))
 SENSOR_BAUDRATES = {"mhz19": 9600, "pms5003": 9600, "ze08": 9600}
+#: the shortest ``interval_s`` each part allows, and why (its own measurement period,
+#: from its datasheet); each driver class declares the same figure as ``period_s``
+MIN_INTERVAL_S = {
+    "scd4x": (5.0, "an SCD4x gives a new sample only every 5 s in periodic measurement (datasheet 3.5.1)"),
+    "sgp30": (1.0, "an SGP30 must be measured exactly once a second (datasheet 6.2); "
+                   "it is sampled at 1 Hz and published every interval_s"),
+    "pms5003": (2.3, "a PMS5003 sends a frame every 2.3 s in stable mode (datasheet, appendix I)"),
+    "mhz19": (1.0, "an MH-Z19 updates its reading about once a second"),
+    "ze08": (1.0, "a ZE08-CH2O uploads once a second"),
+    "ds18b20": (1.0, "a DS18B20 conversion takes 750 ms at 12 bits"),
+}
+#: per-part switches: key -> (the driver that takes it, its default there)
+PART_SWITCHES = {"asc": ("scd4x", True), "abc": ("mhz19", True), "sleep_when_closed": ("pms5003", False)}
 
 VALUE_KEYS = (
     "temperature_c", "humidity_pct", "pressure_hpa", "co2_ppm", "tvoc_ppb", "eco2_ppm",
@@ -228,6 +241,10 @@ class SensorConfig(Section):
     # SCD4x compensation (datasheet 3.6): altitude above sea level, or ambient pressure
     altitude_m: int | None = Field(default=None, ge=0, le=3000)
     pressure_hpa: float | None = Field(default=None, ge=700, le=1200)
+    # self-calibration (SCD4x ASC, MH-Z19 ABC) and PMS5003 sleep outside business hours
+    asc: bool | None = None
+    abc: bool | None = None
+    sleep_when_closed: bool | None = None
 
     _id = field_validator("id")(check_id)
 
@@ -249,6 +266,9 @@ class SensorConfig(Section):
             self.address = I2C_DRIVERS[self.driver]
         if self.baudrate is None and self.driver in SENSOR_BAUDRATES:
             self.baudrate = SENSOR_BAUDRATES[self.driver]
+        for key, (driver, default) in PART_SWITCHES.items():
+            if getattr(self, key) is None and self.driver == driver:
+                setattr(self, key, default)
         return self
 
 
@@ -271,6 +291,7 @@ class InputConfig(Section):
     contact: Literal["no", "nc"] = "no"
     pull_up: bool = True
     bounce_ms: int = Field(default=50, ge=0, le=10_000)
+    min_pulse_ms: int | None = Field(default=None, ge=0, le=10_000)   # panic 10, else 0
     held_open_s: float | None = Field(default=None, gt=0)
     resets: list[str] = []
 
@@ -281,6 +302,8 @@ class InputConfig(Section):
     def _defaults(self) -> "InputConfig":
         if self.held_open_s is None and self.kind == "door":
             self.held_open_s = 120.0
+        if self.min_pulse_ms is None:
+            self.min_pulse_ms = 10 if self.kind == "panic" else 0
         return self
 
 
@@ -290,6 +313,7 @@ class PrinterConfig(Section):
     baudrate: int = Field(default=9600, gt=0)
     poll_s: float = Field(default=10.0, ge=0.2)
     timeout_s: float = Field(default=1.0, gt=0, le=30)
+    fault_after: int = Field(default=3, ge=1, le=100)   # silent polls in a row before printer-offline
 
     _id = field_validator("id")(check_id)
 

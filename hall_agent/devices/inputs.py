@@ -1,19 +1,30 @@
 """Contacts on GPIO: doors, panic buttons, motion detectors, reset keys.
 
-The logic (polarity, debounce, the panic latch) is pure and takes time as an
-argument; ``InputWatcher`` binds it to a gpiozero ``DigitalInputDevice``
-whose edge callbacks drive it (interrupts, not polling).
+The logic (polarity, pulse filter, debounce, the panic latch) is pure and
+takes time as an argument; ``InputWatcher`` binds it to a gpiozero pin whose
+edge callbacks drive it (interrupts, not polling).
 
-Debounce (``bounce_ms``), done here because gpiozero's mock pins ignore
-``bounce_time`` and the behaviour must be tested:
+Every edge is taken with **its own level and its own timestamp** (gpiozero's
+``Pin.when_changed(ticks, state)``), never with a fresh read of the pin: the
+lgpio factory (the default on Raspberry Pi OS Bookworm and the Pi 5) runs
+callbacks on its own thread, tens of milliseconds after the edge, by which
+time a short press has already been released.
 
-- panic and reset inputs: **leading edge** — the first edge counts at once,
-  then edges are ignored for ``bounce_ms``; at the end of that lock-out the
-  pin is read again and a different level is a new change. No delay on the
-  alarm path; a glitch shorter than ``bounce_ms`` can raise an alarm (which,
-  for a panic loop, is the safe side).
-- doors and motion: **trailing edge** — a level counts once it has held for
+- ``min_pulse_ms`` (``PulseFilter``; panic default 10 ms, else 0): an
+  activation shorter than this, measured between the two edges' timestamps,
+  is a glitch and is dropped. A press is passed on as soon as it is known to
+  be longer: when its release edge arrives (width >= min_pulse), or
+  ``min_pulse_ms`` after the press edge while the pin still reads pressed. A
+  press whose release edge never comes is passed on after a grace period
+  (the safe side for an alarm loop).
+- ``bounce_ms`` (``Debouncer``, done here because gpiozero's mock pins ignore
+  ``bounce_time`` and the behaviour must be tested):
+  panic and reset inputs: **leading edge**, the first (filtered) edge counts at
+  once, then edges are ignored for ``bounce_ms``; at the end of that lock-out
+  the level of the last edge seen is the input's level.
+  Doors and motion: **trailing edge**, a level counts once it has held for
   ``bounce_ms``, so a bouncing contact gives one change, not many.
+- The panic latch, its update and ``reset`` run under one lock.
 """
 
 from __future__ import annotations
@@ -28,11 +39,58 @@ log = logging.getLogger(__name__)
 
 ACTIVE_WORD = {"door": "open", "panic": "alarm", "motion": "motion", "reset": "pressed"}
 REST_WORD = {"door": "closed", "panic": "normal", "motion": "still", "reset": "released"}
+#: how long a press whose release edge has not arrived is held before it is taken as real
+LOST_EDGE_GRACE_S = 0.25
+#: an edge reported more than this late is taken as "now" (a timestamp on another time base)
+MAX_LATENESS_S = 5.0
 
 
 def active_when_contact_closed(contact: str) -> bool:
     """NO contact: active (door open, button pressed) when the contact closes; NC: when it opens."""
     return contact == "no"
+
+
+class PulseFilter:
+    """Drops activations shorter than ``min_s`` (pure; times in seconds).
+
+    ``edge`` and ``expire`` return the edges to pass on, as ``(active, t)``.
+    """
+
+    def __init__(self, min_s: float, grace_s: float = LOST_EDGE_GRACE_S):
+        self.min_s = min_s
+        self.grace_s = grace_s
+        self.pending_at: float | None = None
+        self.glitches = 0
+
+    def edge(self, active: bool, t: float) -> list[tuple[bool, float]]:
+        if self.min_s <= 0:
+            return [(active, t)]
+        if active:
+            if self.pending_at is None:
+                self.pending_at = t
+            return []
+        if self.pending_at is None:
+            return [(False, t)]
+        started, self.pending_at = self.pending_at, None
+        if t - started >= self.min_s - 1e-9:
+            return [(True, started), (False, t)]
+        self.glitches += 1
+        log.debug("input pulse of %.1f ms ignored (min_pulse %.0f ms)", (t - started) * 1000, self.min_s * 1000)
+        return []
+
+    def due(self) -> float | None:
+        """When ``expire`` should be called (None: nothing pending)."""
+        return None if self.pending_at is None else self.pending_at + self.min_s
+
+    def expire(self, now: float, pin_active: bool) -> list[tuple[bool, float]]:
+        """A pending press has lasted ``min_s`` with no release edge: pass it on if the
+        pin still reads pressed, or once the release edge is overdue (lost)."""
+        if self.pending_at is None or now < self.pending_at + self.min_s:
+            return []
+        if pin_active or now >= self.pending_at + self.min_s + self.grace_s:
+            started, self.pending_at = self.pending_at, None
+            return [(True, started)]
+        return []
 
 
 class Debouncer:
@@ -42,6 +100,7 @@ class Debouncer:
         self.bounce_s = bounce_s
         self.leading = leading
         self.state = initial
+        self.last_level = initial   # the level of the last edge seen
         self.lock_until = float("-inf")
         self.deadline: float | None = None
 
@@ -55,6 +114,7 @@ class Debouncer:
 
     def edge(self, level: bool, now: float) -> bool | None:
         """An edge to ``level``; returns the new accepted state, or None for no change yet."""
+        self.last_level = level
         if self.leading:
             return self._lead(level, now)
         self.deadline = now + self.bounce_s
@@ -70,7 +130,7 @@ class Debouncer:
         return self.deadline
 
     def settle(self, level: bool, now: float) -> bool | None:
-        """At (or after) ``settle_at``, with the pin's current level."""
+        """At (or after) ``settle_at``, with the input's level (that of the last edge seen)."""
         if self.leading:
             return self._lead(level, now)
         if self.deadline is not None and now >= self.deadline:
@@ -82,28 +142,33 @@ class Debouncer:
 
 
 class PanicLatch:
-    """A panic alarm stays until reset, and a reset needs the button released."""
+    """A panic alarm stays until reset, and a reset needs the button released.
+    Thread-safe: ``update`` (edge callbacks, timers) and ``reset`` (commands,
+    reset keys) run under one lock."""
 
     def __init__(self, pressed: bool = False, latched: bool = False):
+        self._lock = threading.Lock()
         self.pressed = pressed
         self.alarm = pressed or latched
 
     def update(self, pressed: bool) -> bool:
         """The button's level changed; returns True when this raised the alarm."""
-        self.pressed = pressed
-        if pressed and not self.alarm:
-            self.alarm = True
-            return True
-        return False
+        with self._lock:
+            self.pressed = pressed
+            if pressed and not self.alarm:
+                self.alarm = True
+                return True
+            return False
 
     def reset(self) -> str | None:
         """Clear the latch; returns a reason when it cannot be cleared."""
-        if self.pressed:
-            return "the panic button is still pressed (or its loop is open)"
-        if not self.alarm:
-            return "not in alarm"
-        self.alarm = False
-        return None
+        with self._lock:
+            if self.pressed:
+                return "the panic button is still pressed (or its loop is open)"
+            if not self.alarm:
+                return "not in alarm"
+            self.alarm = False
+            return None
 
 
 @dataclass
@@ -116,7 +181,13 @@ class InputChange:
 
 
 class InputWatcher:
-    """One configured input on a gpiozero pin."""
+    """One configured input on a gpiozero pin.
+
+    The pin's ``when_changed(ticks, state)`` callback gives each edge's level
+    and timestamp; both drive the logic. The edge's time on our monotonic
+    clock is ``now - (factory.ticks() - ticks)``: a callback that runs late is
+    placed where its edge happened.
+    """
 
     def __init__(self, cfg, pin_factory, on_change: Callable[[InputChange], None], clock=time.monotonic):
         from gpiozero import DigitalInputDevice
@@ -124,19 +195,32 @@ class InputWatcher:
         self.kind = cfg.kind
         self.on_change = on_change
         self.clock = clock
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()   # edges, timers and reset: one at a time
         self._timer: threading.Timer | None = None
+        self._closed = False
         self.device = DigitalInputDevice(cfg.pin, pull_up=cfg.pull_up, pin_factory=pin_factory)
+        self.pin = self.device.pin
+        self.factory = self.device.pin_factory
         self._closed_means_active = active_when_contact_closed(cfg.contact)
         leading = cfg.kind in ("panic", "reset")
+        min_pulse_ms = getattr(cfg, "min_pulse_ms", None)
+        if min_pulse_ms is None:
+            min_pulse_ms = 10 if cfg.kind == "panic" else 0
+        self.pulses = PulseFilter(min_pulse_ms / 1000.0)
         self.debouncer = Debouncer(cfg.bounce_ms / 1000.0, leading, self._level())
         self.latch = PanicLatch(pressed=self.active) if cfg.kind == "panic" else None
-        self.device.when_activated = self._edge
-        self.device.when_deactivated = self._edge
+        # the pin's own callback: (ticks, state) of the edge; replaces the device's
+        # event handler (we do not use when_activated, which carries neither)
+        self.pin.when_changed = self._pin_changed
+
+    def _active_from_state(self, state) -> bool:
+        """A pin level (electrical) -> is the input active? (pulled up: a closed contact reads low)."""
+        contact_closed = (not bool(state)) if self.cfg.pull_up else bool(state)
+        return contact_closed == self._closed_means_active
 
     def _level(self) -> bool:
-        """True when the input is active (gpiozero's is_active = the contact is closed)."""
-        return bool(self.device.is_active) == self._closed_means_active
+        """The input's level read from the pin now (used at boot and for a pending press only)."""
+        return self._active_from_state(self.pin.state)
 
     @property
     def active(self) -> bool:
@@ -151,32 +235,74 @@ class InputWatcher:
     def boot_state(self) -> InputChange:
         return InputChange(self.cfg.id, self.kind, self.state, self.active, at_boot=True)
 
-    def _edge(self, *_: object) -> None:
+    def _edge_time(self, ticks) -> float:
         now = self.clock()
-        with self._lock:
-            changed = self.debouncer.edge(self._level(), now)
-        if changed is not None:
-            self._changed(changed)  # first the change (the alarm path), then the bookkeeping
-        with self._lock:
+        try:
+            late = self.factory.ticks_diff(self.factory.ticks(), ticks)
+        except Exception:
+            return now
+        if not 0 <= late <= MAX_LATENESS_S:
+            return now
+        return now - late
+
+    def _pin_changed(self, ticks, state) -> None:
+        """gpiozero's pin callback (lgpio: on its own thread, maybe late)."""
+        try:
+            self._edge(self._active_from_state(state), self._edge_time(ticks))
+        except Exception:  # a callback must never die silently: the next edge must still count
+            log.exception("input %s: edge handling failed", self.cfg.id)
+
+    def _edge(self, active: bool, t: float) -> None:
+        with self._lock:  # changes are reported under the lock: in the order of their edges
+            if self._closed:
+                return
+            for level, at in self.pulses.edge(active, t):
+                self._debounced(self.debouncer.edge(level, at))
             self._arm_timer()
 
+    def _debounced(self, changed: bool | None) -> None:
+        if changed is not None:
+            self._changed(changed)
+
+    def _next_wake(self, now: float) -> float | None:
+        times = []
+        if self.pulses.pending_at is not None:
+            due = self.pulses.due()
+            times.append(due if now < due else due + self.pulses.grace_s)
+        d = self.debouncer
+        if d.bounce_s > 0:
+            if d.leading and d.last_level != d.state:
+                times.append(max(d.lock_until, now))
+            elif not d.leading and d.deadline is not None:
+                times.append(d.deadline)
+        return min(times) if times else None
+
     def _arm_timer(self) -> None:
-        at = self.debouncer.settle_at()
-        if at is None or self.debouncer.bounce_s == 0:
-            return
+        now = self.clock()
+        at = self._next_wake(now)
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = threading.Timer(max(0.0, at - self.clock()) + 0.001, self._settle)
+            self._timer = None
+        if at is None:
+            return
+        self._timer = threading.Timer(max(0.0, at - now) + 0.001, self._settle)
         self._timer.daemon = True
         self._timer.start()
 
     def _settle(self) -> None:
-        with self._lock:
-            changed = self.debouncer.settle(self._level(), self.clock())
-            if changed is not None and self.debouncer.leading:
+        try:
+            with self._lock:
+                if self._closed:
+                    return
+                now = self.clock()
+                for level, at in self.pulses.expire(now, self._level()):
+                    self._debounced(self.debouncer.edge(level, at))
+                at = self.debouncer.settle_at()
+                if at is not None and now >= at:
+                    self._debounced(self.debouncer.settle(self.debouncer.last_level, now))
                 self._arm_timer()
-        if changed is not None:
-            self._changed(changed)
+        except Exception:
+            log.exception("input %s: debounce timer failed", self.cfg.id)
 
     def _changed(self, active: bool) -> None:
         if self.latch is not None:
@@ -189,12 +315,16 @@ class InputWatcher:
         if self.latch is None:
             return f"{self.cfg.id} is not a panic input"
         with self._lock:
+            if self.pulses.pending_at is not None:  # a press still being measured
+                return "the panic button is still pressed (or its loop is open)"
             reason = self.latch.reset()
-        if reason is None:
-            self.on_change(InputChange(self.cfg.id, self.kind, self.state, self.active))
+            if reason is None:
+                self.on_change(InputChange(self.cfg.id, self.kind, self.state, self.active))
         return reason
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        with self._lock:
+            self._closed = True
+            if self._timer is not None:
+                self._timer.cancel()
         self.device.close()
