@@ -287,12 +287,17 @@ class Agent:
 
     def _health_loop(self) -> None:
         interval = self.settings.agent.health_interval_s
-        while not self._stop.wait(interval):
+        # one at start, so a console learns the hall's name and rhythm without waiting an interval
+        while True:
             try:
-                self.emit(self.events.health(health.collect(self.started, self.outbox, self.state_dir,
-                                                            self.sensor_health)))
+                data = health.collect(self.started, self.outbox, self.state_dir, self.sensor_health)
+                # the staff console shows the name and calls a hall silent after 3 missed intervals
+                data.update(name=self.settings.hall.name, interval_s=interval)
+                self.emit(self.events.health(data))
             except Exception:
                 log.exception("health report failed")
+            if self._stop.wait(interval):
+                break
 
     def _hold_lock(self) -> None:
         """The state folder's lock: tells ``hall-agent check`` an agent runs here."""

@@ -47,7 +47,10 @@ def _parser() -> argparse.ArgumentParser:
 
     cfg(sub.add_parser("doctor", help="check buses, ports, pins, permissions and the broker"))
     watch = cfg(sub.add_parser("watch", help="live alert console for staff"))
-    watch.add_argument("--scope", metavar="CITY[/BRANCH[/HALL]]")
+    watch.add_argument("--scope", metavar="CITY[/BRANCH[/HALL]]", help="'+' stands for any one level")
+    watch.add_argument("--once", action="store_true",
+                       help="draw the board once and exit (1 if the broker could not be read)")
+    watch.add_argument("--no-bell", action="store_true", help="no terminal bell on a new critical alert")
     watch.add_argument("--seconds", type=float, help=argparse.SUPPRESS)  # bounded run, for tests
     return p
 
@@ -137,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         return Agent(settings, simulate=args.simulate, config_path=args.config).run()
     if args.command == "watch":
         from . import watch
-        return watch.run(settings, args.scope, seconds=args.seconds)
+        return watch.run(settings, args.scope, seconds=args.seconds, once=args.once, bell=not args.no_bell)
     if args.command == "doctor":
         from . import doctor
         return doctor.run(settings, args.config)

@@ -27,8 +27,10 @@ contact = "nc"
 
 def test_topic_filters_by_scope():
     assert topic_filters("halls", None)[0] == "halls/+/+/+/status"
-    assert topic_filters("halls", "zigong/ziliujing")[1] == "halls/zigong/ziliujing/+/alert/#"
-    assert topic_filters("halls", "zigong/ziliujing/zg-001")[2] == "halls/zigong/ziliujing/zg-001/check/+"
+    assert topic_filters("halls", "zigong/ziliujing") == [
+        "halls/zigong/ziliujing/+/status", "halls/zigong/ziliujing/+/health", "halls/zigong/ziliujing/+/alert/#",
+        "halls/zigong/ziliujing/+/check/+"]
+    assert topic_filters("halls", "zigong/+/zg-001")[3] == "halls/zigong/+/zg-001/check/+"
 
 
 def test_console_renders_halls_alerts_and_checks(broker, tmp_path):
@@ -56,7 +58,9 @@ def test_console_renders_halls_alerts_and_checks(broker, tmp_path):
     # everything the console needs is retained: a fresh subscriber rebuilds the board
     board = Board()
     late = Recorder(broker.port, topic_filters("halls", "zigong"))
-    assert late.wait_for(lambda r: len({m.topic for m in r.messages}) >= 7, 10)  # 3 status, 3 alerts, 1 check
+    wanted = {f"{b1}/alert/panic/panic.1", f"{b2}/alert/door-after-hours/door.side", f"{b1}/check/opening",
+              *(f"halls/zigong/ziliujing/{h}/status" for h in ("zg-001", "zg-002", "zg-003"))}
+    assert late.wait_for(lambda r: wanted <= {m.topic for m in r.messages}, 10)
     for m in late.messages:
         board.apply(m.topic, m.payload)
     late.close()
@@ -87,3 +91,96 @@ def test_watch_cli_bounded_run(broker, tmp_path):
     r = subprocess.run([sys.executable, "-m", "hall_agent", "watch", "-c", str(cfg), "--scope", "zigong",
                         "--seconds", "2"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and "zigong/ziliujing/zg-009" in r.stdout and "在线 online" in r.stdout
+
+
+# -- the pure model: order, truth when not connected, fitting the terminal -----------------------
+
+from datetime import timedelta, timezone  # noqa: E402
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from hall_agent.watch import Connection, check_scope, display_width, ScopeError  # noqa: E402
+import json  # noqa: E402
+import pytest  # noqa: E402
+
+CST = timezone(timedelta(hours=8))
+NOW = datetime(2026, 12, 1, 10, 0, tzinfo=CST)
+
+
+def _alert(board, hall, rule, source, severity, priority, minutes_ago):
+    raised = (NOW - timedelta(minutes=minutes_ago)).isoformat()
+    board.apply(f"halls/zigong/zlj/{hall}/alert/{rule}/{source}", json.dumps({
+        "ts": raised, "severity": severity, "moment": {"category": "internal", "priority": priority},
+        "data": {"state": "active", "raised_at": raised, "message": "m"}}).encode())
+
+
+def test_order_is_the_order_a_person_must_act_in():
+    b = Board()
+    _alert(b, "h1", "check-failed", "opening", "warning", 1, 300)
+    _alert(b, "h1", "check-failed", "closing", "warning", 1, 200)  # newer: before the older one
+    _alert(b, "h2", "co2-high", "co2", "warning", 3, 1)
+    _alert(b, "h3", "equipment-unreachable", "kiosk", "critical", 2, 100)
+    _alert(b, "h4", "printer-paper-low", "p", "info", 1, 0)
+    _alert(b, "h5", "door-after-hours", "door.back", "critical", 1, 50)
+    _alert(b, "h6", "panic", "panic.1", "critical", 1, 5)
+    order = [src for (_, _, src), _ in b.ordered_alerts()]
+    assert order == ["panic.1", "door.back", "kiosk", "closing", "opening", "co2", "p"]
+
+
+def test_times_are_shown_in_the_halls_zone_with_the_offset():
+    b = Board()
+    _alert(b, "h1", "co2-high", "co2", "warning", 3, 90)
+    screen = b.render(now=NOW.astimezone(timezone.utc))  # the console's own zone does not matter
+    assert "08:30:00+08:00 (1.5 h)" in screen
+
+
+def test_name_from_health_beside_the_id():
+    b = Board()
+    b.apply("halls/zigong/zlj/zg-001/health", json.dumps(
+        {"ts": NOW.isoformat(), "data": {"name": "自流井营业厅", "interval_s": 60}}).encode())
+    b.apply("halls/zigong/zlj/zg-001/status", json.dumps({"state": "online", "ts": NOW.isoformat()}).encode())
+    assert "zigong/zlj/zg-001 自流井营业厅  在线 online" in b.render(now=NOW)
+
+
+@pytest.mark.parametrize("scope", ["", "/", "a//b", "a/#", "#", "a/b+", "a/b/c/d", "a\x00b"])
+def test_bad_scopes_refused(scope):
+    with pytest.raises(ScopeError):
+        check_scope(scope)
+
+
+ALERT = st.tuples(st.sampled_from(["h1", "h2", "h3"]), st.sampled_from(["panic", "co2-high", "check-failed", "x"]),
+                  st.text("abc.", min_size=1, max_size=5), st.sampled_from(["critical", "warning", "info", "?"]),
+                  st.integers(0, 5), st.integers(0, 10_000))
+
+
+@settings(max_examples=150, deadline=None)
+@given(alerts=st.lists(ALERT, max_size=40), connected=st.booleans(), ever=st.booleans(),
+       width=st.integers(30, 200), height=st.integers(3, 60))
+def test_screen_fits_and_never_says_none_when_it_cannot_know(alerts, connected, ever, width, height):
+    b = Board()
+    for a in alerts:
+        _alert(b, *a)
+    conn = Connection("127.0.0.1", 1883, connected=connected, ever_connected=ever or connected,
+                      since=NOW - timedelta(minutes=3))
+    if not connected:
+        conn.reason, conn.kind = "broker unreachable", "unreachable"
+    lines = b.render_lines(conn, NOW, width, height)
+    text = [t for t, _ in lines]
+    assert len(text) <= height
+    assert all(display_width(t) <= width for t in text)
+    if not connected:
+        assert not any("无 none" in t for t in text)
+        assert any("NOT CONNECTED" in t for t in text)
+    shown = sum(1 for t in text if "[" in t and "]" in t and not t.startswith("告警"))
+    more = [t for t in text if "more 条告警" in t]
+    if connected and alerts and width >= 150 and height >= 12:
+        assert shown + (int(more[0].split("+")[1].split()[0]) if more else 0) == len(b.alerts)
+
+
+@settings(max_examples=300, deadline=None)
+@given(topic=st.text(max_size=60), payload=st.binary(max_size=80) | st.text(max_size=80).map(str.encode))
+def test_garbage_never_breaks_the_board(topic, payload):
+    b = Board()
+    b.apply("halls/a/b/c/" + topic, payload)
+    b.apply(topic, payload)
+    b.render(now=NOW)
