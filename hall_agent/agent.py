@@ -287,8 +287,7 @@ class Agent:
 
     def _health_loop(self) -> None:
         interval = self.settings.agent.health_interval_s
-        # one at start, so a console learns the hall's name and rhythm without waiting an interval
-        while True:
+        while not self._stop.wait(interval):
             try:
                 data = health.collect(self.started, self.outbox, self.state_dir, self.sensor_health)
                 # the staff console shows the name and calls a hall silent after 3 missed intervals
@@ -296,8 +295,6 @@ class Agent:
                 self.emit(self.events.health(data))
             except Exception:
                 log.exception("health report failed")
-            if self._stop.wait(interval):
-                break
 
     def _hold_lock(self) -> None:
         """The state folder's lock: tells ``hall-agent check`` an agent runs here."""
