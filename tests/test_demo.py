@@ -5,11 +5,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from mqtt_helpers import Recorder
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.timeout(300)  # a fresh virtualenv is built: pip takes a minute or more on a loaded machine
 def test_demo_from_a_clean_clone(broker, tmp_path):
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
