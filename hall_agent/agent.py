@@ -31,6 +31,10 @@ from .systemd import Loop, Watchdog, notify as sd_notify
 
 log = logging.getLogger(__name__)
 
+#: the exit status of a restart the agent asks for (a configuration that needs one, a
+#: self-revert): systemd starts it again (Restart=always)
+EXIT_RESTART = 75
+
 
 def storage_dir(settings: Settings, simulate: bool) -> Path:
     """``storage.dir``; else systemd's ``$STATE_DIRECTORY``; else a per-user
@@ -93,11 +97,14 @@ class Agent:
             self.discovery = Discovery(settings, self.link)
         self.dispatcher = self._commands()
         self.link.subscribe("cmd", self._on_command)
+        self.restart_reason: str | None = None
         self.status_providers: dict[str, Callable[[], Any]] = {
             "sensors": self._sensor_status, "inputs": self.devices.input_states, "alerts": self.alerts.active,
             "printers": self.devices.printer_states, "equipment": lambda: dict(self.devices.equipment_state),
             "checks": lambda: {k: v["result"] for k, v in self.last_checks.items()},
         }
+        from .fleet.hook import attach as attach_fleet
+        self.fleet = attach_fleet(self)  # config/desired -> config/reported (docs/fleet.md)
 
     def _commands(self) -> Dispatcher:
         s = self.settings
@@ -255,7 +262,9 @@ class Agent:
 
     # -- running ------------------------------------------------------------------
     def start(self) -> None:
+        self.fleet.boot()
         self.link.start()
+        self.fleet.start()
         self.emit(self.events.agent("started", {"version": __version__, "simulate": self.simulate,
                                                 "outbox_depth": self.outbox.depth}))
         if self.outbox.set_aside is not None:
@@ -317,18 +326,29 @@ class Agent:
             return
         old = self.settings
         if new.hours != old.hours or new.checks != old.checks or new.hall.timezone != old.hall.timezone:
-            self.calendar = BusinessCalendar(new.hours, new.hall.timezone, new.checks.opening_lead_min,
-                                             new.checks.closing_delay_min, cache_dir=self.state_dir)
-            self.engine.is_open = self.calendar.is_open
-            self.scheduler.rebuild(self.calendar)
-            log.info("reloaded: business hours and checks rescheduled")
+            self.apply_calendar(new)
         sd_notify("STATUS=configuration reloaded")
         others = [k for k in type(new).model_fields if k not in ("hours", "checks")
                   and getattr(new, k) != getattr(old, k)]
         if others:
             log.warning("reload: changes to %s take effect after a restart", ", ".join(others))
 
+    def apply_calendar(self, new: Settings) -> None:
+        """New business hours or checks: the calendar, the rules' idea of "open"
+        and the scheduled checks change at once."""
+        self.calendar = BusinessCalendar(new.hours, new.hall.timezone, new.checks.opening_lead_min,
+                                         new.checks.closing_delay_min, cache_dir=self.state_dir)
+        self.engine.is_open = self.calendar.is_open
+        self.scheduler.rebuild(self.calendar)
+        log.info("business hours and checks rescheduled")
+
     def request_stop(self, *_: Any) -> None:
+        self._stop.set()
+
+    def request_restart(self, reason: str) -> None:
+        """A clean stop whose exit status (EXIT_RESTART) asks systemd to start the agent again."""
+        log.warning("restart requested: %s", reason)
+        self.restart_reason = reason
         self._stop.set()
 
     def run(self) -> int:
@@ -348,7 +368,7 @@ class Agent:
         while not self._stop.wait(1.0):
             pass
         self.stop()
-        return 0
+        return EXIT_RESTART if self.restart_reason else 0
 
     def loops(self) -> list[Loop]:
         """The loops whose progress feeds the systemd watchdog."""
@@ -370,6 +390,7 @@ class Agent:
             self.emit(self.events.agent("stopping", {"reason": "shutdown"}))
         except Exception:
             log.exception("could not record the stop")
+        self.fleet.stop()
         self.scheduler.stop()
         self.sensors.stop()
         self.devices.stop()

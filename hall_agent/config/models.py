@@ -212,6 +212,14 @@ class ChecksSection(Section):
 class CommandsSection(Section):
     allow_reset: bool = False
     allow_power: bool = False
+    allow_credentials: bool = False  # the credentials command (password / client certificate rotation)
+
+
+class FleetSection(Section):
+    """Local only: a desired configuration may not change it (docs/fleet.md)."""
+    # after applying a desired configuration: back to the previous file if `online`
+    # is not published within this many seconds (keep it well above a reconnect's time)
+    revert_after_s: float = Field(default=300.0, ge=1, le=86400)
 
 
 class ProfileSection(Section):
@@ -395,6 +403,7 @@ class Settings(BaseSettings):
     commands: CommandsSection = CommandsSection()
     profile: ProfileSection = ProfileSection()
     homeassistant: HomeAssistantSection = HomeAssistantSection()
+    fleet: FleetSection = FleetSection()
     sensors: list[SensorConfig] = []
     inputs: list[InputConfig] = []
     printers: list[PrinterConfig] = []

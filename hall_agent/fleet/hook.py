@@ -1,0 +1,65 @@
+"""The fleet parts wired into the running agent (kept here so that agent.py
+only calls ``attach``): the ``config/desired`` subscription, the retained
+``config/reported`` publisher and the live appliers."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from paho.mqtt.enums import MQTTErrorCode
+
+from ..config import Settings, config_path
+from .member import Member
+
+if TYPE_CHECKING:
+    from ..agent import Agent
+
+log = logging.getLogger(__name__)
+
+
+def attach(agent: "Agent") -> Member:
+    link = agent.link
+    topic = f"{agent.settings.base_topic}/config/reported"
+
+    def publish(payload: bytes, wait_s: float) -> bool:
+        if not link.connected:
+            return False
+        info = link.client.publish(topic, payload, 1, True)
+        link._wake_net()
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return False
+        if wait_s <= 0:
+            return True
+        try:
+            info.wait_for_publish(wait_s)
+        except (RuntimeError, ValueError):
+            return False
+        return info.is_published()
+
+    member = Member(agent.settings, config_path(agent.config_path), agent.state_dir, publish,
+                    agent.request_restart, agent.events.now)
+
+    def calendar(old: Settings, new: Settings) -> None:
+        agent.apply_calendar(new)
+        _adopt(agent, new)
+
+    def rules(old: Settings, new: Settings) -> None:
+        from ..rules import build as build_rules
+        agent.engine.rules = build_rules(new)
+        _adopt(agent, new)
+        log.info("rules rebuilt from the new configuration")
+
+    member.appliers.update({"hours": calendar, "checks": calendar, "rules": rules, "profile": rules})
+    link.subscribe("config/desired", lambda msg: member.on_desired(msg.payload))
+    link.on_connected.append(member.connected)
+    agent.status_providers["fleet"] = member.status
+    agent.status_providers["scheduled"] = agent.scheduler.jobs
+    return member
+
+
+def _adopt(agent: "Agent", new: Settings) -> None:
+    """The running parts read the settings that are now in force."""
+    agent.settings = new
+    if hasattr(agent.checks, "settings"):
+        agent.checks.settings = new
