@@ -19,12 +19,14 @@ from .envelope import Envelope, Events, Moment
 from .alerts import Alerts
 from .calendar import BusinessCalendar
 from .checks import CheckAborted, CheckRunner, Report
+from .clock import Clock, SystemClock
 from .commands import CommandError, parse as parse_command
 from .devices.hall import HallDevices
 from .hardware import Hardware
 from .link import Incoming, Link
 from .outbox import OutboxClosed, Dropped, Outbox, Raw
 from .rules import RulesEngine, build as build_rules
+from .rules.engine import CALENDAR_SOURCE, CLOCK_SOURCE
 from .sensors import SensorError
 from .sensors.loop import SensorLoop
 from .systemd import Loop, Watchdog, notify as sd_notify
@@ -50,15 +52,17 @@ def storage_dir(settings: Settings, simulate: bool) -> Path:
 
 
 class Agent:
-    def __init__(self, settings: Settings, simulate: bool = False, config_path: str | None = None):
+    def __init__(self, settings: Settings, simulate: bool = False, config_path: str | None = None,
+                 clock: Clock | None = None):
         self.settings = settings
         self.config_path = config_path
         self.simulate = simulate
-        self.started = time.monotonic()
+        self.clock = clock or self._system_clock(settings, simulate)
+        self.started = self.clock.monotonic()
         self.state_dir = storage_dir(settings, simulate)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.events = Events(settings.hall.id, settings.hall.timezone, settings.base_topic,
-                             settings.mqtt.telemetry_qos)
+                             settings.mqtt.telemetry_qos, clock=self.clock)
         self.outbox = Outbox(self.state_dir / "outbox.sqlite3",
                              max_bytes=int(settings.storage.max_outbox_mb * 1024 * 1024),
                              on_overflow=self._overflow_event)
@@ -81,16 +85,18 @@ class Agent:
         self.hardware.attach(self.devices)
         self.calendar = BusinessCalendar(settings.hours, settings.hall.timezone, settings.checks.opening_lead_min,
                                          settings.checks.closing_delay_min, cache_dir=self.state_dir)
-        self.engine = RulesEngine(build_rules(settings), self.calendar.is_open, settings.hall.timezone)
+        self.engine = RulesEngine(build_rules(settings), self.calendar.is_open, settings.hall.timezone,
+                                  clock=self.clock)
         self.alerts = Alerts(self.engine, self.events, self.emit, self.outbox, self.state_dir / "alerts.json",
                              self._now)
         self.devices.listeners.append(self._on_device)
-        self.checks = CheckRunner(settings, self.devices, self.sensors, self._now, sleep=self._check_sleep)
+        self.checks = CheckRunner(settings, self.devices, self.sensors, self._now, sleep=self._check_sleep,
+                                  clock=self.clock)
         self.slow_commands = {"check"}  # run in their own thread: a check takes settle_s
         from .scheduler import CheckScheduler
         self.scheduler = CheckScheduler(self.calendar, lambda run: self.run_check(run.kind, run.at),
                                         self.state_dir / "checks-done.json", settings.checks.misfire_grace_min,
-                                        settings.checks.require_time_sync and not simulate)
+                                        settings.checks.require_time_sync and not simulate, clock=self.clock)
         self.last_checks: dict[str, dict] = {}
         if settings.homeassistant.enabled:
             from .homeassistant import Discovery
@@ -123,8 +129,18 @@ class Agent:
     def sensor_health(self) -> dict[str, str]:
         return self.sensors.states()
 
+    @staticmethod
+    def _system_clock(settings: Settings, simulate: bool) -> Clock:
+        """The machine's clock. Its sync is asked of the system (``scheduler.TimeSync``)
+        unless ``[checks] require_time_sync = false`` or in simulation: then the clock
+        is trusted as it is (a hall with a real-time clock and no NTP)."""
+        if simulate or not settings.checks.require_time_sync:
+            return SystemClock()
+        from .scheduler import TimeSync
+        return SystemClock(TimeSync().synchronised)
+
     def _now(self) -> datetime:
-        return datetime.now(self.events.tz)
+        return self.clock.now(self.events.tz)
 
     def _on_reading(self, sensor_id: str, model: str, values: dict[str, float]) -> None:
         self.emit(self.events.reading(sensor_id, model, values))
@@ -164,6 +180,7 @@ class Agent:
                     watcher.latch.alarm = True
         s = self.settings
         known = {x.id for x in (*s.sensors, *s.inputs, *s.printers, *s.equipment)} | {"opening", "closing"}
+        known |= {CLOCK_SOURCE, CALENDAR_SOURCE}  # the agent's own alerts (clock-unsynced, calendar-unconfirmed)
         self.alerts.feed(lambda now: self.engine.forget_sources(known, now))
         if self.engine.active:
             log.info("restored %d active alert(s): %s", len(self.engine.active),
@@ -250,7 +267,8 @@ class Agent:
 
     def status(self) -> dict[str, Any]:
         result: dict[str, Any] = {
-            "version": __version__, "uptime_s": round(time.monotonic() - self.started, 1),
+            "version": __version__, "uptime_s": round(self.clock.monotonic() - self.started, 1),
+            "clock_synced": self.clock.synced(),
             "simulate": self.simulate, "connected": self.link.connected,
             "outbox": {"depth": self.outbox.depth, "bytes": self.outbox.bytes,
                        "dropped": self.outbox.dropped_total},
@@ -298,9 +316,11 @@ class Agent:
         interval = self.settings.agent.health_interval_s
         while not self._stop.wait(interval):
             try:
-                data = health.collect(self.started, self.outbox, self.state_dir, self.sensor_health)
+                data = health.collect(self.started, self.outbox, self.state_dir, self.sensor_health,
+                                      now_mono=self.clock.monotonic())
                 # the staff console shows the name and calls a hall silent after 3 missed intervals
                 data.update(name=self.settings.hall.name, interval_s=interval)
+                data["clock_synced"] = self.clock.synced()
                 self.emit(self.events.health(data))
             except Exception:
                 log.exception("health report failed")

@@ -121,12 +121,13 @@ class CheckAborted(Exception):
 class CheckRunner:
     """Runs a check against the live agent parts; the agent publishes the report."""
 
-    def __init__(self, settings, devices, sensors, now: Callable[[], datetime], sleep=time.sleep):
+    def __init__(self, settings, devices, sensors, now: Callable[[], datetime], sleep=time.sleep, clock=None):
         self.settings = settings
         self.devices = devices
         self.sensors = sensors
         self.now = now
         self.sleep = sleep
+        self.clock = clock
 
     def run(self, kind: str, scheduled_for: datetime | None = None, settle_s: float | None = None) -> Report:
         s = self.settings
@@ -139,9 +140,9 @@ class CheckRunner:
         if kind == "opening" or auto:
             self.sleep(settle)
         if kind == "opening":
-            now_mono = time.monotonic()
             for cfg in s.sensors:
                 runner = self.sensors.runners.get(cfg.id)
+                now_mono = runner.clock() if runner else time.monotonic()  # the sensor loop's own clock
                 state = {"last_ok_at": runner.last_ok_at, "values": runner.last_values,
                          "error": runner.last_error.reason if runner.last_error else None} if runner else {}
                 report.items.append(sensor_item(cfg.id, state, 2 * cfg.interval_s + 10, now_mono))

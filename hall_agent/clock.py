@@ -33,10 +33,12 @@ class SystemClock:
     kernel / timesyncd / timedated, see ``scheduler.TimeSync``) and remembers a
     positive answer: once synchronised, a clock stays usable."""
 
-    def __init__(self, sync_probe: Callable[[], bool] | None = None):
+    def __init__(self, sync_probe: Callable[[], bool] | None = None, probe_every_s: float = 5.0):
         self._probe = sync_probe
         self._synced = sync_probe is None
         self._lock = threading.Lock()
+        self.probe_every_s = probe_every_s  # every envelope asks: the probe (maybe a subprocess) runs at most this often
+        self._probed_at: float | None = None
 
     def time(self) -> float:
         return _time.time()
@@ -48,7 +50,10 @@ class SystemClock:
         if self._synced:
             return True
         with self._lock:
-            if not self._synced and self._probe is not None:
+            now = _time.monotonic()
+            recent = self._probed_at is not None and now - self._probed_at < self.probe_every_s
+            if not self._synced and self._probe is not None and not recent:
+                self._probed_at = now
                 try:
                     self._synced = bool(self._probe())
                 except Exception:  # a probe must never take a caller down

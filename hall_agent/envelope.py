@@ -10,8 +10,11 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 from zoneinfo import ZoneInfo
+
+if TYPE_CHECKING:
+    from .clock import Clock
 
 SCHEMA = 1
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)  # one, not one per call
@@ -47,13 +50,17 @@ class Envelope:
     moment: Moment | None = None
     routes: tuple[Publication, ...] = ()
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    clock_synced: bool = True   # False: created before the system clock was synchronised (its ts may be wrong)
 
     def as_dict(self, seq: int) -> dict[str, Any]:
-        return {
+        doc = {
             "schema": SCHEMA, "id": self.id, "seq": seq, "ts": self.ts, "hall": self.hall,
             "type": self.type, "source": self.source, "severity": self.severity,
             "moment": self.moment.as_dict() if self.moment else None, "data": self.data,
         }
+        if not self.clock_synced:
+            doc["clock_synced"] = False  # SPEC section 3: omitted otherwise
+        return doc
 
     def encode(self, seq: int) -> bytes:
         return _ENCODER.encode(self.as_dict(seq)).encode()
@@ -71,12 +78,19 @@ class Events:
     """Builds the hall's envelopes with their topics (SPEC section 3)."""
 
     def __init__(self, hall: str, timezone: str, base_topic: str, telemetry_qos: int = 0,
-                 clock: Callable[[], datetime] | None = None):
+                 clock: "Callable[[], datetime] | Clock | None" = None):
+        """``clock``: a :class:`~hall_agent.clock.Clock` (its ``synced()`` marks envelopes
+        made before the clock was synchronised), or a plain ``() -> datetime``."""
         self.hall = hall
         self.tz = ZoneInfo(timezone)
         self.base = base_topic
         self.telemetry_qos = telemetry_qos
-        self._clock = clock or (lambda: datetime.now(self.tz))
+        if clock is not None and hasattr(clock, "synced"):
+            self._clock = lambda: clock.now(self.tz)
+            self._synced: Callable[[], bool] = clock.synced
+        else:
+            self._clock = clock or (lambda: datetime.now(self.tz))
+            self._synced = lambda: True
 
     def now(self) -> str:
         return self._clock().astimezone(self.tz).isoformat(timespec="milliseconds")
@@ -87,7 +101,7 @@ class Events:
     def _make(self, type_: str, source: str, data: dict, severity: str, moment: Moment | None,
               routes: tuple[Publication, ...]) -> Envelope:
         return Envelope(type=type_, source=source, data=data, ts=self.now(), hall=self.hall,
-                        severity=severity, moment=moment, routes=routes)
+                        severity=severity, moment=moment, routes=routes, clock_synced=self._synced())
 
     def _audit(self) -> Publication:
         return Publication(self.topic("event"), 1, False)

@@ -34,9 +34,11 @@ def disk_free_mb(path: Path) -> float | None:
         return None
 
 
-def collect(started: float, outbox, storage_dir: Path, sensors: dict[str, str]) -> dict:
+def collect(started: float, outbox, storage_dir: Path, sensors: dict[str, str],
+            now_mono: float | None = None) -> dict:
+    """``started`` and ``now_mono``: the agent clock's monotonic times."""
     return {
-        "uptime_s": round(time.monotonic() - started, 1),
+        "uptime_s": round((time.monotonic() if now_mono is None else now_mono) - started, 1),
         "outbox": {"depth": outbox.depth, "bytes": outbox.bytes, "dropped": outbox.dropped_total},
         "cpu_temperature_c": cpu_temperature_c(),
         "disk_free_mb": disk_free_mb(storage_dir),

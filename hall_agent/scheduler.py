@@ -26,13 +26,19 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable
 
+from apscheduler.executors.base import MaxInstancesReachedError
+from apscheduler.schedulers.base import STATE_RUNNING, STATE_STOPPED, BaseScheduler
+
 from .calendar import BusinessCalendar, Run
 from .checks import CheckAborted
+from .clock import Clock, SystemClock
 from .outbox import OutboxClosed
 
 log = logging.getLogger(__name__)
 
 TIME_ERROR = 5  # adjtimex(2): the clock is not synchronised
+#: done marks kept (by run time): two checks a day for more than two months
+KEEP_DONE = 150
 
 
 @dataclass(frozen=True)
@@ -104,21 +110,106 @@ def _kernel_adjtimex() -> int:
     return state
 
 
+class ClockScheduler(BaseScheduler):
+    """APScheduler 3 driven by an injected :class:`~hall_agent.clock.Clock`.
+
+    APScheduler's own schedulers ask ``datetime.now()`` when jobs are due and
+    sleep the whole way to the next one: a test cannot move their time, and
+    an NTP step on a Pi without a real-time clock goes unnoticed until the
+    sleep ends. This one asks the clock and sleeps at most ``max_wait_s``
+    (real seconds) at a time, so a stepped clock is seen within that much.
+    Jobs are added with an explicit ``next_run_time`` and no
+    ``misfire_grace_time`` (APScheduler's executors judge that by the real
+    clock): :class:`CheckScheduler` judges lateness itself, by the clock.
+    ``run_pending()`` processes due jobs at once (tests drive it directly).
+    """
+
+    def __init__(self, clock: Clock, max_wait_s: float = 10.0, **options):
+        self.clock = clock
+        self.max_wait_s = max_wait_s
+        self._event = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._threaded = True
+        super().__init__(**options)
+
+    def start(self, paused: bool = False, thread: bool = True) -> None:
+        self._event.clear()
+        self._threaded = thread
+        super().start(paused)
+        if thread:
+            self._thread = threading.Thread(target=self._main_loop, name="check-scheduler", daemon=True)
+            self._thread.start()
+
+    def shutdown(self, wait: bool = True) -> None:
+        super().shutdown(wait)
+        self._event.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(5)
+        self._thread = None
+
+    def wakeup(self) -> None:
+        self._event.set()
+
+    def _main_loop(self) -> None:
+        wait = 0.0
+        while self.state != STATE_STOPPED:
+            self._event.wait(wait)
+            self._event.clear()
+            try:
+                due_in = self._process_jobs()
+            except Exception:  # never let the scheduler's thread die
+                log.exception("check scheduler: processing jobs failed")
+                due_in = None
+            wait = self.max_wait_s if due_in is None else min(max(due_in, 0.0), self.max_wait_s)
+
+    def run_pending(self) -> float | None:
+        """Run what is due now (by the clock); seconds until the next job, or None."""
+        return self._process_jobs()
+
+    def _process_jobs(self) -> float | None:
+        if self.state != STATE_RUNNING:
+            return None
+        now = self.clock.now(self.timezone)
+        next_wakeup = None
+        with self._jobstores_lock:
+            for alias, store in self._jobstores.items():
+                for job in store.get_due_jobs(now):
+                    run_times = job._get_run_times(now)[-1:]  # coalesce: a late job runs once
+                    if not run_times:
+                        continue
+                    try:
+                        self._lookup_executor(job.executor).submit_job(job, run_times)
+                    except MaxInstancesReachedError:
+                        log.warning("job %s is still running: this run is skipped", job.id)
+                    except Exception:
+                        log.exception("could not start job %s", job.id)
+                    following = job.trigger.get_next_fire_time(run_times[-1], now)
+                    if following:
+                        job._modify(next_run_time=following)
+                        store.update_job(job)
+                    else:
+                        self.remove_job(job.id, alias)
+                upcoming = store.get_next_run_time()
+                if upcoming and (next_wakeup is None or upcoming < next_wakeup):
+                    next_wakeup = upcoming
+        if next_wakeup is None:
+            return None
+        return max(0.0, next_wakeup.timestamp() - self.clock.time())
+
+
 class CheckScheduler:
-    """APScheduler 3 jobs for the planned runs."""
+    """The planned runs as APScheduler 3 jobs, on the injected clock."""
 
     def __init__(self, calendar: BusinessCalendar, run_check: Callable[[Run], None], state_file: Path,
-                 grace_min: int, require_sync: bool, timesync: TimeSync | None = None,
-                 now: Callable[[], datetime] | None = None):
-        from apscheduler.schedulers.background import BackgroundScheduler
+                 grace_min: int, require_sync: bool, clock: Clock | None = None, thread: bool = True):
         self.calendar = calendar
         self.run_check = run_check
         self.state_file = state_file
         self.grace = timedelta(minutes=grace_min)
         self.require_sync = require_sync
-        self.timesync = timesync or TimeSync()
-        self.now = now or (lambda: datetime.now(calendar.tz))
-        self.scheduler = BackgroundScheduler(timezone=calendar.tz)
+        self.clock = clock or SystemClock(TimeSync().synchronised)
+        self.thread = thread
+        self.scheduler = ClockScheduler(self.clock, timezone=calendar.tz)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._waiter: threading.Thread | None = None
@@ -126,45 +217,84 @@ class CheckScheduler:
         self.clock_poll_s = 5.0
         self.heartbeat = 0.0
 
+    def now(self) -> datetime:
+        return self.clock.now(self.calendar.tz)
+
     # -- what was done ---------------------------------------------------------------------
     def _done(self) -> set[str]:
-        try:
-            return set(json.loads(self.state_file.read_text()))
-        except (OSError, ValueError):
-            return set()
+        return set(self._done_marks())
 
-    def _mark_done(self, key: str) -> None:
+    def _done_marks(self) -> dict[str, str]:
+        """key -> the run's time (ISO); an old list of keys is read too."""
+        try:
+            data = json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        if isinstance(data, list):
+            return {k: k.partition("@")[2] for k in data if isinstance(k, str)}
+        return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)} \
+            if isinstance(data, dict) else {}
+
+    def _write_done(self, marks: dict[str, str]) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(marks, sort_keys=True))
+        os.replace(tmp, self.state_file)
+
+    def _mark_done(self, planned: Planned) -> None:
+        """Keep the marks of the latest runs by their run time (not by their name:
+        every ``closing@`` key sorts before every ``opening@`` one)."""
         with self._lock:
-            done = sorted(self._done() | {key})[-50:]
-            tmp = self.state_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(done))
-            os.replace(tmp, self.state_file)
+            marks = self._done_marks()
+            marks[planned.key] = planned.run.at.isoformat()
+
+            def when(item):
+                try:
+                    return datetime.fromisoformat(item[1]).timestamp()
+                except ValueError:
+                    return float("-inf")
+            self._write_done(dict(sorted(marks.items(), key=when)[-KEEP_DONE:]))
 
     def _unmark_done(self, key: str) -> None:
         with self._lock:
-            done = self._done() - {key}
-            tmp = self.state_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(sorted(done)))
-            os.replace(tmp, self.state_file)
+            marks = self._done_marks()
+            marks.pop(key, None)
+            self._write_done(marks)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
-        self.scheduler.start()
-        self.scheduler.add_job(self.rebuild, "cron", hour=0, minute=5, id="rebuild", replace_existing=True)
-        if self.require_sync and not self.timesync.synchronised():
+        self.scheduler.start(thread=self.thread)
+        self._add_rebuild_job()
+        if self.require_sync and not self.clock.synced():
             self.waiting_for_clock = True
             log.warning("system clock not synchronised: no opening/closing check is scheduled until it is")
-            self._waiter = threading.Thread(target=self._wait_for_clock, name="clock-wait", daemon=True)
-            self._waiter.start()
+            if self.thread:
+                self._waiter = threading.Thread(target=self._wait_for_clock, name="clock-wait", daemon=True)
+                self._waiter.start()
         else:
             self.rebuild()
 
+    def _add_rebuild_job(self) -> None:
+        from apscheduler.triggers.cron import CronTrigger
+        trigger = CronTrigger(hour=0, minute=5, timezone=self.calendar.tz)
+        self.scheduler.add_job(self.rebuild, trigger, id="rebuild", replace_existing=True,
+                               next_run_time=trigger.get_next_fire_time(None, self.now()),
+                               misfire_grace_time=None)
+
+    def poll_clock(self) -> bool:
+        """Schedule the checks once the clock is synchronised; True once it is."""
+        if not self.waiting_for_clock:
+            return True
+        if self.clock.synced():
+            log.info("system clock synchronised: scheduling the checks")
+            self.waiting_for_clock = False
+            self._add_rebuild_job()  # its next time was computed from the unsynchronised clock
+            self.rebuild()
+            return True
+        return False
+
     def _wait_for_clock(self) -> None:
         while not self._stop.wait(self.clock_poll_s):
-            if self.timesync.synchronised():
-                log.info("system clock synchronised: scheduling the checks")
-                self.waiting_for_clock = False
-                self.rebuild()
+            if self.poll_clock():
                 return
 
     def rebuild(self, calendar: BusinessCalendar | None = None) -> list[Planned]:
@@ -181,21 +311,19 @@ class CheckScheduler:
             log.warning("%s check of %s at %s was missed (more than %s ago): skipped", run.kind, run.day,
                         run.at.isoformat(timespec="minutes"), self.grace)
         for p in planned:
-            self.scheduler.add_job(self._fire, "date", run_date=self._run_date(p.fire_at, now), args=[p],
-                                   id=p.key, misfire_grace_time=int(self.grace.total_seconds()) or 1,
-                                   replace_existing=True)
+            self.scheduler.add_job(self._fire, "date", run_date=p.fire_at, next_run_time=p.fire_at, args=[p],
+                                   id=p.key, misfire_grace_time=None, replace_existing=True)
+        self.scheduler.wakeup()
         return planned
 
-    def _run_date(self, fire_at: datetime, now: datetime) -> datetime | None:
-        """APScheduler waits and judges misfires on the system clock; our plan is made
-        on the injected one. Hand it the same delay from its own "now", so the two can
-        never disagree (a late run within grace: at once)."""
-        if fire_at <= now:
-            return None
-        return datetime.now(self.calendar.tz) + (fire_at - now)
-
     def _fire(self, planned: Planned) -> None:
-        self._mark_done(planned.key)
+        late = self.now() - planned.run.at
+        if late > self.grace:
+            log.warning("%s check of %s at %s starts %s late (more than %s): skipped", planned.run.kind,
+                        planned.run.day, planned.run.at.isoformat(timespec="minutes"),
+                        str(late).split(".")[0], self.grace)
+            return
+        self._mark_done(planned)
         try:
             self.run_check(planned.run)
         except (CheckAborted, OutboxClosed):

@@ -21,7 +21,7 @@ def test_step_moves_only_the_wall_clock():
 
 def test_system_clock_remembers_a_positive_sync_and_survives_a_failing_probe():
     answers = iter([False, True, False])
-    c = SystemClock(sync_probe=lambda: next(answers))
+    c = SystemClock(sync_probe=lambda: next(answers), probe_every_s=0)
     assert c.synced() is False
     assert c.synced() is True
     assert c.synced() is True  # not asked again
@@ -29,3 +29,11 @@ def test_system_clock_remembers_a_positive_sync_and_survives_a_failing_probe():
     def boom():
         raise OSError("adjtimex filtered")
     assert SystemClock(sync_probe=boom).synced() is False
+
+
+def test_system_clock_asks_an_unsynchronised_probe_at_most_every_few_seconds():
+    calls = []
+    c = SystemClock(sync_probe=lambda: calls.append(1) or False, probe_every_s=3600)
+    for _ in range(100):  # every envelope asks
+        assert c.synced() is False
+    assert len(calls) == 1

@@ -6,6 +6,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from hall_agent.clock import FakeClock
 from hall_agent.config import validate
 from hall_agent.rules import RollingMean, RulesEngine, build, tvoc_ppb_to_mgm3
 
@@ -21,8 +22,31 @@ def settings(**extra):
     return validate(data)
 
 
-def engine(open_hours=lambda t: 8 <= t.astimezone(TZ).hour < 18, **extra):
-    return RulesEngine(build(settings(**extra)), open_hours)
+class Timed:
+    """The engine on a FakeClock that each call moves to the ``now`` the test passes
+    (wall and monotonic together, as time passes; ``clock.step`` is an NTP step)."""
+    CALLS = {"reading", "input", "printer", "equipment", "sensor_fault", "sensor_ok", "check", "tick",
+             "forget_sources", "clock_state", "calendar_state"}
+
+    def __init__(self, eng: RulesEngine):
+        self.eng = eng
+        self.clock = eng.clock
+
+    def __getattr__(self, name):
+        attr = getattr(self.eng, name)
+        if name not in self.CALLS:
+            return attr
+
+        def call(*args, **kw):
+            now = next((x for x in (*args, *kw.values()) if isinstance(x, datetime)), None)
+            if now is not None and now.timestamp() > self.clock.time():
+                self.clock.advance(now.timestamp() - self.clock.time())
+            return attr(*args, **kw)
+        return call
+
+
+def engine(open_hours=lambda t: 8 <= t.astimezone(TZ).hour < 18, synced=True, start=T0, **extra):
+    return Timed(RulesEngine(build(settings(**extra)), open_hours, clock=FakeClock(start, synced=synced)))
 
 
 def run(eng, source, key, series, start=T0, step_s=60):
@@ -47,12 +71,71 @@ def test_temperature_hysteresis_and_for_s(series, expected):
     assert run(engine(), "env", "temperature_c", series) == expected
 
 
-def test_for_s_is_honoured_by_tick_without_new_readings():
+def test_for_s_completes_only_on_a_fresh_reading():
+    """A sensor that died holding a high value does not complete for_s by the timer."""
     eng = engine()
     assert eng.reading("env", {"temperature_c": 30.0}, T0) == []
     assert eng.tick(T0 + timedelta(seconds=299)) == []
-    (change,) = eng.tick(T0 + timedelta(seconds=300))
+    assert eng.tick(T0 + timedelta(seconds=600)) == []  # no reading came in: no verdict
+    (change,) = eng.reading("env", {"temperature_c": 30.0}, T0 + timedelta(seconds=601))
     assert change.active and change.alert.rule == "temperature-high" and change.alert.value == 30.0
+
+
+def test_a_sensor_fault_resets_for_s():
+    eng = engine()
+    assert eng.reading("env", {"temperature_c": 30.0}, T0) == []
+    eng.sensor_fault("env", "absent", T0 + timedelta(seconds=200))
+    eng.sensor_ok("env", T0 + timedelta(seconds=280))
+    assert eng.reading("env", {"temperature_c": 30.0}, T0 + timedelta(seconds=300)) == []  # counts from here
+    assert eng.reading("env", {"temperature_c": 30.0}, T0 + timedelta(seconds=599)) == []
+    (change,) = eng.reading("env", {"temperature_c": 30.0}, T0 + timedelta(seconds=600))
+    assert change.active
+
+
+def test_an_ntp_step_raises_nothing():
+    """Durations are monotonic: the wall clock stepped an hour forward (or back) neither
+    completes for_s nor holds a door open."""
+    eng = engine()
+    assert eng.reading("env", {"temperature_c": 30.0}, T0) == []
+    assert eng.input("door", "door.back", "open", T0, 120) == []
+    for step in (3600, -7200):
+        eng.clock.step(step)
+        now = eng.clock.now(TZ)
+        assert eng.tick(now) == []
+        assert eng.reading("env", {"temperature_c": 30.0}, now) == []
+    eng.clock.advance(120)  # two real minutes: now the door has been held open
+    assert [(c.alert.rule, c.alert.value) for c in eng.tick(eng.clock.now(TZ))] == [("door-held-open", 120)]
+
+
+def test_an_unsynchronised_clock_gives_no_after_hours_verdict():
+    """A Pi booting at 08:40 with fake-hwclock's 21:05: the first door opened raises
+    nothing until the clock is synchronised; then the real time of day decides."""
+    wrong = datetime(2026, 7, 1, 21, 5, tzinfo=TZ)
+    eng = engine(synced=False, start=wrong)
+    assert eng.input("door", "door.front", "open", wrong, 120) == []
+    eng.clock.advance(300)  # held open past held_open_s: a business-hours timer, no verdict either
+    assert eng.tick(eng.clock.now(TZ)) == []
+    eng.clock.step(datetime(2026, 7, 1, 8, 45, tzinfo=TZ).timestamp() - eng.clock.time())  # NTP: 08:45
+    eng.clock.set_synced(True)
+    assert [c.alert.rule for c in eng.tick(eng.clock.now(TZ))] == ["door-held-open"]  # in hours: no alarm
+    # the same boot at night: once synchronised, the verdict is after hours
+    night = engine(synced=False, start=wrong)
+    assert night.input("door", "door.front", "open", wrong, 120) == []
+    night.clock.set_synced(True)
+    assert [c.alert.rule for c in night.tick(night.clock.now(TZ))] == ["door-after-hours"]
+
+
+def test_clock_unsynced_after_ten_minutes_cleared_on_sync():
+    eng = engine(synced=False)
+    assert eng.tick(T0 + timedelta(seconds=599)) == []
+    (c,) = eng.tick(T0 + timedelta(seconds=600))
+    assert (c.active, c.alert.rule, c.alert.source, c.alert.severity, c.alert.category, c.alert.priority) == \
+        (True, "clock-unsynced", "clock", "warning", "system", 1)
+    assert eng.tick(T0 + timedelta(seconds=700)) == []  # raised once
+    eng.clock.set_synced(True)
+    (c,) = eng.tick(T0 + timedelta(seconds=701))
+    assert (c.active, c.alert.rule) == (False, "clock-unsynced")
+    assert engine().tick(T0 + timedelta(hours=1)) == []  # a synchronised clock: never
 
 
 def test_seasons_follow_the_halls_local_date():
@@ -62,10 +145,10 @@ def test_seasons_follow_the_halls_local_date():
     same_instant_utc = early_nov.astimezone(ZoneInfo("UTC"))      # 2026-10-31 16:30 UTC: still October in UTC
     assert same_instant_utc.month == 10
     hot = {"temperature_c": 25.0}
-    assert eng.reading("env", hot, late_oct) == [] and eng.tick(late_oct + timedelta(minutes=10)) == []
+    assert eng.reading("env", hot, late_oct) == [] and eng.reading("env", hot, late_oct + timedelta(minutes=10)) == []
     eng2 = engine()
     eng2.reading("env", hot, same_instant_utc)
-    (change,) = eng2.tick(same_instant_utc + timedelta(minutes=5))
+    (change,) = eng2.reading("env", hot, same_instant_utc + timedelta(minutes=5))
     assert change.alert.threshold == 24  # winter, by the hall's date
 
 
@@ -101,6 +184,34 @@ def test_rolling_mean_is_bounded_and_right():
 def test_mean_waits_for_a_quarter_of_its_window():
     # a 1 h mean is trusted once its data spans 15 minutes (a restart does not mute CO2 for an hour)
     assert run(engine(), "co2", "co2_ppm", [5000.0] * 120, step_s=10) == [(90, "co2-high", True)]
+
+
+def test_mean_coverage_is_the_data_in_the_window_not_the_first_sample_ever():
+    """After a data gap a single reading is not a "1 h mean": coverage counts the data in
+    the window."""
+    eng = engine()
+    assert run(eng, "co2", "co2_ppm", [600.0] * 90, step_s=10) == []     # 15 min of good air
+    later = T0 + timedelta(hours=3)                                       # the sensor was gone 3 h
+    assert eng.reading("co2", {"co2_ppm": 5000.0}, later) == []          # one sample: no verdict
+    out = run(eng, "co2", "co2_ppm", [5000.0] * 120, start=later + timedelta(seconds=10), step_s=10)
+    assert out and out[0][1:] == ("co2-high", True) and out[0][0] >= 85  # once 15 min of data are in
+    m = RollingMean(3600)
+    m.add(1.0, 0.0)
+    assert m.coverage(0.0) == 0.0 and m.coverage(10 * 3600.0) == 0.0
+    m.add(1.0, 10 * 3600.0)
+    assert m.coverage(10 * 3600.0) < 0.05
+
+
+def test_a_restored_mean_alert_is_not_cleared_by_the_first_sample_after_a_restart():
+    eng = engine()
+    run(eng, "co2", "co2_ppm", [5000.0] * 120, step_s=10)
+    assert ("co2-high", "co2") in eng.active
+    after = engine(start=T0 + timedelta(hours=1))
+    after.restore(eng.snapshot())
+    assert after.reading("co2", {"co2_ppm": 450.0}, T0 + timedelta(hours=1)) == []
+    assert ("co2-high", "co2") in after.active
+    out = run(after, "co2", "co2_ppm", [450.0] * 120, start=T0 + timedelta(hours=1, seconds=10), step_s=10)
+    assert out and out[0][1:] == ("co2-high", False)  # judged once the mean covers a quarter of its window
 
 
 def test_tvoc_converted_as_isobutylene():
@@ -141,6 +252,7 @@ def test_door_after_hours_and_held_open():
     (c,) = eng.input("door", "door.side", "closed", night + timedelta(seconds=30), 120)
     assert (c.alert.rule, c.active) == ("door-after-hours", False)
     # during hours: held open beyond held_open_s
+    eng = engine()
     assert eng.input("door", "door.back", "open", T0, 60) == []
     assert eng.tick(T0 + timedelta(seconds=59)) == []
     (c,) = eng.tick(T0 + timedelta(seconds=60))

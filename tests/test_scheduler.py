@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from hall_agent.calendar import BusinessCalendar
+from hall_agent.clock import FakeClock
 from hall_agent.config.models import HoursSection
 from hall_agent.scheduler import TIME_ERROR, CheckScheduler, TimeSync, plan
 from mqtt_helpers import wait_until
@@ -38,58 +39,110 @@ def test_a_run_already_done_is_not_repeated_after_a_restart():
     assert planned[0].run.kind == "closing"
 
 
-class FakeSync(TimeSync):
-    def __init__(self, synced):
-        self.synced = synced
-
-    def synchronised(self):
-        return self.synced
-
-
 def test_time_sync_detection():
     assert TimeSync(flag_file="/nonexistent", adjtimex=lambda: TIME_ERROR).synchronised() is False
     assert TimeSync(flag_file="/nonexistent", adjtimex=lambda: 0).synchronised() is True
 
 
+def sync_wait(sched, fired, n, clock=None):
+    """Drive the scheduler by hand: run what is due by its clock, then let the executor's
+    thread finish (the test's thread waits; the clock does not move by itself)."""
+    sched.scheduler.run_pending()
+    wait_until(lambda: len(fired) >= n, timeout=5)
+
+
 def test_no_job_until_the_clock_is_synchronised_then_late_runs_fire(tmp_path):
+    """On the injected clock only: passes on any real date (it once fixed "now" while
+    APScheduler judged misfires by the real clock, and failed after 2026-11-27)."""
     fired = []
-    done = threading.Event()
-    now = datetime(2026, 11, 27, 8, 10, tzinfo=SH)  # the opening at 08:00 is 10 minutes late
-    sync = FakeSync(False)
-    sched = CheckScheduler(CAL, lambda run: (fired.append(run), done.set()), tmp_path / "done.json",
-                           grace_min=20, require_sync=True, timesync=sync, now=lambda: now)
-    sched.clock_poll_s = 0.05
+    clock = FakeClock(datetime(2026, 11, 27, 8, 10, tzinfo=SH), synced=False)  # the 08:00 opening: 10 min late
+    sched = CheckScheduler(CAL, fired.append, tmp_path / "done.json", grace_min=20, require_sync=True,
+                           clock=clock, thread=False)
     sched.start()
     try:
         assert sched.waiting_for_clock and sched.jobs() == []
-        assert not done.wait(0.3)  # held while the clock is not synchronised
-        sync.synced = True
-        assert done.wait(5)  # APScheduler fires the late opening check at once
+        assert sched.poll_clock() is False
+        sched.scheduler.run_pending()
+        assert fired == []  # held while the clock is not synchronised
+        clock.set_synced(True)
+        assert sched.poll_clock() is True
+        sync_wait(sched, fired, 1)  # the late opening check fires at once
         assert [(r.kind, r.at.isoformat()) for r in fired] == [("opening", "2026-11-27T08:00:00+08:00")]
-        jobs = sched.scheduler.get_jobs()
-        closing = [j for j in jobs if j.id.startswith("closing@2026-11-27")][0]
-        assert closing.id == "closing@2026-11-27T17:45:00+08:00"
-        # APScheduler runs on the system clock: the same delay as on the injected one
-        delay = closing.next_run_time - datetime.now(SH)
-        assert timedelta(hours=9, minutes=34) < delay <= timedelta(hours=9, minutes=35)
-        assert closing.misfire_grace_time == 20 * 60
+        closing = [j for j in sched.scheduler.get_jobs() if j.id.startswith("closing@2026-11-27")][0]
+        assert closing.next_run_time.isoformat() == "2026-11-27T17:45:00+08:00"
+        # the clock reaches the closing time: it fires then, not before
+        clock.advance(9 * 3600 + 34 * 60)
+        sched.scheduler.run_pending()
+        assert len(fired) == 1
+        clock.advance(60)
+        sync_wait(sched, fired, 2)
+        assert fired[1].kind == "closing"
     finally:
         sched.stop()
-    # restarted a minute later: the opening check is done, not repeated
-    again = CheckScheduler(CAL, lambda run: fired.append(run), tmp_path / "done.json", grace_min=20,
-                           require_sync=False, now=lambda: now + timedelta(minutes=1))
+    # restarted (at 08:11 again: a clock set back): both checks of the day are done, not repeated
+    again = CheckScheduler(CAL, fired.append, tmp_path / "done.json", grace_min=20, require_sync=False,
+                           clock=FakeClock(datetime(2026, 11, 27, 8, 11, tzinfo=SH)), thread=False)
     planned = again.rebuild()
-    assert [p.run.kind for p in planned][0] == "closing"
+    assert planned[0].key == "opening@2026-11-28T08:00:00+08:00"
+
+
+def test_a_job_reached_beyond_grace_is_skipped_by_the_injected_clock(tmp_path, caplog):
+    """The Pi slept (or the clock stepped) past a planned run: more than misfire_grace_min
+    late by the agent's clock, the check is skipped and said so."""
+    fired = []
+    clock = FakeClock(datetime(2026, 11, 27, 6, 0, tzinfo=SH))
+    sched = CheckScheduler(CAL, fired.append, tmp_path / "d.json", 20, require_sync=False, clock=clock,
+                           thread=False)
+    sched.start()
+    try:
+        clock.step(2 * 3600 + 30 * 60)  # 08:30: the 08:00 opening is 30 minutes late
+        with caplog.at_level("WARNING"):
+            sched.scheduler.run_pending()
+            time.sleep(0.3)
+        assert fired == [] and "late" in caplog.text
+    finally:
+        sched.stop()
+
+
+def test_the_threaded_scheduler_fires_on_the_injected_clock(tmp_path):
+    """The scheduler's own thread asks the injected clock (not datetime.now()): a job
+    due by that clock fires although the real date is another."""
+    fired = threading.Event()
+    clock = FakeClock(datetime(2031, 3, 3, 7, 59, 59, tzinfo=SH))
+    sched = CheckScheduler(CAL, lambda run: fired.set(), tmp_path / "d.json", 20, require_sync=False,
+                           clock=clock)
+    sched.scheduler.max_wait_s = 0.05
+    sched.start()
+    try:
+        assert "opening@2031-03-03T08:00:00+08:00" in sched.jobs()
+        assert not fired.wait(0.3)
+        clock.advance(2)
+        assert fired.wait(5)
+    finally:
+        sched.stop()
 
 
 def test_require_time_sync_false_schedules_at_once(tmp_path):
     sched = CheckScheduler(CAL, lambda run: None, tmp_path / "d.json", 20, require_sync=False,
-                           timesync=FakeSync(False), now=lambda: datetime(2026, 11, 27, 6, 0, tzinfo=SH))
+                           clock=FakeClock(datetime(2026, 11, 27, 6, 0, tzinfo=SH), synced=False), thread=False)
     sched.start()
     try:
         assert "opening@2026-11-27T08:00:00+08:00" in sched.jobs()
     finally:
         sched.stop()
+
+
+def test_done_marks_are_kept_by_run_time_not_by_name(tmp_path):
+    """After weeks of running the closing checks are still marked done: the marks kept are
+    the latest by run time (every closing@ key sorts before every opening@ one)."""
+    clock = FakeClock(datetime(2026, 1, 1, 6, 0, tzinfo=SH))
+    sched = CheckScheduler(CAL, lambda run: None, tmp_path / "d.json", 20, require_sync=False, clock=clock,
+                           thread=False)
+    for p in plan(CAL, clock.now(SH), GRACE, set(), days=60)[0]:
+        sched._mark_done(p)
+    late = plan(CAL, datetime(2026, 2, 28, 6, 0, tzinfo=SH), GRACE, set())[0][:2]
+    assert [p.run.kind for p in late] == ["opening", "closing"]
+    assert all(p.key in sched._done() for p in late)
 
 
 def test_sighup_reload_reschedules_with_new_hours(tmp_path):
@@ -99,8 +152,7 @@ def test_sighup_reload_reschedules_with_new_hours(tmp_path):
     base = ('[hall]\nid="zg-001"\ncity="zigong"\nbranch="ziliujing"\n[mqtt]\nport=1\n'
             f'[storage]\ndir="{tmp_path / "s"}"\n[checks]\nrequire_time_sync=false\n')
     cfg.write_text(base + '[hours]\nholidays=""\n')
-    agent = Agent(load(cfg), config_path=str(cfg))
-    agent.scheduler.now = lambda: datetime(2026, 11, 27, 6, 0, tzinfo=SH)
+    agent = Agent(load(cfg), config_path=str(cfg), clock=FakeClock(datetime(2026, 11, 27, 6, 0, tzinfo=SH)))
     agent.scheduler.start()
     try:
         assert "opening@2026-11-27T08:00:00+08:00" in agent.scheduler.jobs()
@@ -160,7 +212,7 @@ def test_a_check_cut_short_by_shutdown_is_a_warning_not_a_traceback(tmp_path, ca
         from hall_agent.envelope import Events
         box.enqueue(Events("zg-001", "Asia/Shanghai", "halls/x").agent("check"))  # the agent has stopped
     sched = CheckScheduler(CAL, run_check, tmp_path / "d.json", 20, require_sync=False,
-                           timesync=FakeSync(True), now=lambda: datetime(2026, 11, 27, 6, 0, tzinfo=SH))
+                           clock=FakeClock(datetime(2026, 11, 27, 6, 0, tzinfo=SH)), thread=False)
     planned, _ = plan(CAL, datetime(2026, 11, 27, 6, 0, tzinfo=SH), GRACE, set())
     with caplog.at_level("WARNING"):
         sched._fire(planned[0])
@@ -179,7 +231,7 @@ def test_stopping_the_agent_cuts_a_running_check_short(tmp_path, broker, caplog)
                          "mqtt": {"host": "127.0.0.1", "port": broker.port, "drain_s": 1},
                          "storage": {"dir": str(tmp_path / "s")}, "hours": {"holidays": ""},
                          "checks": {"require_time_sync": False, "settle_s": 30}})
-    agent = Agent(settings, simulate=True)
+    agent = Agent(settings, simulate=True, clock=FakeClock(datetime(2026, 11, 27, 6, 0, tzinfo=SH)))
     agent.start()
     planned, _ = plan(CAL, datetime(2026, 11, 27, 6, 0, tzinfo=SH), GRACE, set())
     runner = threading.Thread(target=agent.scheduler._fire, args=(planned[0],))

@@ -3,20 +3,33 @@
 Fed with readings, input states, printer and equipment states, sensor faults
 and check reports; answers with ``AlertChange``s — an alert raised once when
 its condition starts and cleared once when it ends. ``tick(now)`` runs the
-timers (``for_s``, ``held_open_s``, the end of business hours).
+timers (``held_open_s``, the end of business hours, the clock's sync).
+
+Time (SPEC section 4): ``now`` (wall clock) is used for timestamps, the
+season and business hours only; every duration (``for_s``, ``held_open_s``,
+means) is measured on the injected clock's ``monotonic()``, so an NTP step
+raises nothing. Until the clock is synchronised (``clock.synced()``) no
+verdict needs the time of day: a door's after-hours and held-open verdicts
+wait, and ``clock-unsynced`` is raised once the clock has gone
+``CLOCK_UNSYNCED_S`` without sync.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Any, Callable
 
+from ..clock import SYSTEM, Clock
 from .means import RollingMean
 from .profile import RuleSet, ThresholdRule
 
-#: a mean is trusted once its data spans this much of the window
+#: a mean is judged (raised or cleared) only while its data covers this much of the window
 MIN_COVERAGE = 0.25
+#: ``clock-unsynced`` after this long without a synchronised clock
+CLOCK_UNSYNCED_S = 600.0
+CLOCK_SOURCE = "clock"
+CALENDAR_SOURCE = "calendar"
 
 
 @dataclass
@@ -63,11 +76,14 @@ class _Door:
 
 
 class RulesEngine:
-    def __init__(self, rules: RuleSet, is_open: Callable[[datetime], bool], timezone: str = "Asia/Shanghai"):
+    def __init__(self, rules: RuleSet, is_open: Callable[[datetime], bool], timezone: str = "Asia/Shanghai",
+                 clock: Clock = SYSTEM):
         from zoneinfo import ZoneInfo
         self.rules = rules
         self.is_open = is_open
         self.tz = ZoneInfo(timezone)
+        self.clock = clock
+        self.started = clock.monotonic()
         self.active: dict[tuple[str, str], Alert] = {}
         self._thresholds: dict[tuple[str, str, str], _Threshold] = {}
         self._doors: dict[str, _Door] = {}
@@ -101,7 +117,7 @@ class RulesEngine:
     # -- readings ------------------------------------------------------------------------
     def reading(self, source: str, values: dict[str, float], now: datetime) -> list[AlertChange]:
         out: list[AlertChange] = []
-        t = now.timestamp()
+        t = self.clock.monotonic()
         for key, raw in values.items():
             for rule in self.rules.for_reading(source, key):
                 out += self._threshold(rule, source, key, raw, now, t)
@@ -115,7 +131,10 @@ class RulesEngine:
             if state.mean is None:
                 state.mean = RollingMean(rule.mean_s)
             state.mean.add(value, t)
-            if state.mean.coverage(t) < MIN_COVERAGE and (rule.id, source) not in self.active:
+            if state.mean.coverage(t) < MIN_COVERAGE:
+                # too little data in the window (just started, a gap, a restart): no verdict either way;
+                # a restored mean alert stays as it was until the mean can be judged again
+                state.pending_since = None
                 return []
             value = state.mean.mean(t)
         state.last_value = value
@@ -162,7 +181,7 @@ class RulesEngine:
         door = self._doors.setdefault(source, _Door())
         if held_open_s:
             door.held_open_s = held_open_s
-        t = now.timestamp()
+        t = self.clock.monotonic()
         if state == "open":
             if not door.open:
                 door.open, door.opened_at = True, t
@@ -174,12 +193,15 @@ class RulesEngine:
     def _door_checks(self, source: str, door: _Door, now: datetime) -> list[AlertChange]:
         if not door.open:
             return []
+        if not self.clock.synced():
+            return []  # the time of day is unknown: in hours or not, no verdict yet (tick judges it later)
         if not self.is_open(now):
             return self._raise("door-after-hours", source, now, f"door {source} open outside business hours")
-        if door.opened_at is not None and now.timestamp() - door.opened_at >= door.held_open_s:
+        open_for = self.clock.monotonic() - door.opened_at if door.opened_at is not None else 0.0
+        if open_for >= door.held_open_s:
             return self._raise("door-held-open", source, now,
                                f"door {source} open for more than {door.held_open_s:g} s",
-                               value=round(now.timestamp() - door.opened_at), threshold=door.held_open_s)
+                               value=round(open_for), threshold=door.held_open_s)
         return []
 
     # -- printers, equipment, sensors, checks ----------------------------------------------
@@ -204,6 +226,9 @@ class RulesEngine:
         return self._set("equipment-unreachable", source, down, now, f"equipment {source} unreachable: {detail}")
 
     def sensor_fault(self, source: str, reason: str, now: datetime) -> list[AlertChange]:
+        for (_, src, _), state in self._thresholds.items():
+            if src == source:  # a value held before the fault does not complete a for_s
+                state.pending_since = None
         return self._raise("sensor-fault", source, now, f"sensor {source}: {reason}")
 
     def sensor_ok(self, source: str, now: datetime) -> list[AlertChange]:
@@ -215,16 +240,40 @@ class RulesEngine:
 
     # -- time ---------------------------------------------------------------------------------
     def tick(self, now: datetime) -> list[AlertChange]:
-        out: list[AlertChange] = []
+        """Doors (held open, business hours ending) and the clock's sync. A threshold's
+        ``for_s`` is not completed here: only a fresh reading completes it (a sensor
+        that died holding a high value raises ``sensor-fault``, not the threshold)."""
+        out = self.clock_state(now)
         for source, door in self._doors.items():
             out += self._door_checks(source, door, now)
-        t = now.timestamp()
-        for (rule_id, source, key), state in self._thresholds.items():
-            if state.pending_since is not None:
-                for rule in self.rules.for_reading(source, key):
-                    if rule.id == rule_id:
-                        out += self._evaluate(rule, source, state, now, t)
         return out
+
+    def clock_state(self, now: datetime) -> list[AlertChange]:
+        """``clock-unsynced`` once the clock has gone ``CLOCK_UNSYNCED_S`` (monotonic)
+        without sync; cleared when it is synchronised."""
+        if self.clock.synced():
+            return self._clear("clock-unsynced", CLOCK_SOURCE, now, "system clock synchronised")
+        waited = self.clock.monotonic() - self.started
+        if waited < CLOCK_UNSYNCED_S:
+            return []
+        return self._raise("clock-unsynced", CLOCK_SOURCE, now,
+                           f"system clock not synchronised for {waited / 60:.0f} min: no after-hours verdict and no "
+                           "scheduled check until it is (check NTP: timedatectl timesync-status; is UDP port 123 "
+                           "open to the time servers?)", value=round(waited), threshold=CLOCK_UNSYNCED_S)
+
+    def calendar_state(self, unconfirmed: date | None, today: date, now: datetime, warn_days: int = 30
+                       ) -> list[AlertChange]:
+        """``calendar-unconfirmed`` from ``warn_days`` before ``unconfirmed`` (the first date whose
+        official holiday schedule the calendar does not know; None: no such date)."""
+        due = unconfirmed is not None and today >= unconfirmed - timedelta(days=warn_days)
+        if not due:
+            return self._clear("calendar-unconfirmed", CALENDAR_SOURCE, now, "the calendar is confirmed")
+        return self._raise("calendar-unconfirmed", CALENDAR_SOURCE, now,
+                           f"the official holiday schedule from {unconfirmed.isoformat()} on is not known: days off "
+                           "and make-up working days are guessed. Upgrade the holidays package (pip install -U "
+                           "holidays) once it has the new year, or list that year's days off under [hours] closed "
+                           "and its make-up working days under [hours.open]", value=unconfirmed.isoformat(),
+                           threshold=warn_days)
 
     # -- persistence (the agent stores this in its state folder) -----------------------------
     def snapshot(self) -> list[dict]:

@@ -121,6 +121,8 @@ FIXED = {r.id: r for r in (
     FixedRule("sensor-fault", "warning", "system", 2),
     FixedRule("equipment-unreachable", "warning", "system", 2),
     FixedRule("check-failed", "warning", "internal", 1),
+    FixedRule("clock-unsynced", "warning", "system", 1),
+    FixedRule("calendar-unconfirmed", "warning", "system", 2),
 )}
 
 
