@@ -129,6 +129,20 @@ class CheckRunner:
         self.sleep = sleep
         self.clock = clock
 
+    def _settle(self, kind: str, seconds: float) -> None:
+        """Wait ``settle_s`` for the switched equipment, saying so and counting down in the log
+        (a person who asked for the check sees it is under way)."""
+        if seconds <= 0:
+            return
+        log.info("%s check: giving the equipment %g s to start (checks.settle_s)", kind, seconds)
+        left = seconds
+        while left > 0:
+            chunk = min(5.0, left)
+            self.sleep(chunk)
+            left -= chunk
+            if left > 0:
+                log.info("%s check: %g s to go", kind, left)
+
     def run(self, kind: str, scheduled_for: datetime | None = None, settle_s: float | None = None) -> Report:
         s = self.settings
         report = Report(kind, scheduled_for.isoformat(timespec="seconds") if scheduled_for else None,
@@ -138,7 +152,7 @@ class CheckRunner:
             self.devices.set_power(e.id, kind == "opening")
         settle = s.checks.settle_s if settle_s is None else settle_s
         if kind == "opening" or auto:
-            self.sleep(settle)
+            self._settle(kind, settle)
         if kind == "opening":
             for cfg in s.sensors:
                 runner = self.sensors.runners.get(cfg.id)

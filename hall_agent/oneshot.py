@@ -46,7 +46,14 @@ def print_report(data: dict, as_json: bool) -> int:
 def run_check(settings, args) -> int:
     from .agent import Agent, storage_dir
     state_dir = storage_dir(settings, args.simulate)
-    if not args.simulate and agent_running(state_dir):
+    if agent_running(state_dir):
+        if args.simulate:  # its emulated parts are its own: a second process would share its client id and seq
+            print(f"check: a simulated agent already runs with the state folder {state_dir}; ask it over MQTT:\n"
+                  f"  mosquitto_pub -h {settings.mqtt.host} -p {settings.mqtt.effective_port} "
+                  f"-t '{settings.base_topic}/cmd' -m "
+                  f"'{{\"id\":\"1\",\"command\":\"check\",\"args\":{{\"kind\":\"{args.kind}\"}}}}'\n"
+                  "or stop it first", file=sys.stderr)
+            return EXIT_USAGE
         return remote_check(settings, args)
     agent = Agent(settings, simulate=args.simulate)
     agent.devices.start()
