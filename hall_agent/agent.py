@@ -81,7 +81,8 @@ class Agent:
         self.sensors = SensorLoop(self.hardware.sensor_specs(), self._on_reading, self._on_sensor_fault,
                                   self._on_sensor_recover)
         self.devices = HallDevices(settings, self.events, self.emit, pin_factory=self.hardware.pin_factory(),
-                                   printer_port=self.hardware.serial_port, probe_fn=self.hardware.probe)
+                                   printer_port=self.hardware.serial_port, probe_fn=self.hardware.probe,
+                                   state_dir=self.state_dir)
         self.hardware.attach(self.devices)
         self.calendar = BusinessCalendar(settings.hours, settings.hall.timezone, settings.checks.opening_lead_min,
                                          settings.checks.closing_delay_min, cache_dir=self.state_dir)

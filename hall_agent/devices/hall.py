@@ -18,7 +18,7 @@ from ..envelope import Envelope, Events, Moment
 from .equipment import EquipmentMonitor, ProbeResult, probe
 from .inputs import InputChange, InputWatcher
 from .printer import PrinterMonitor, PrinterState
-from .relays import Relay
+from .relays import Relay, RelayStore
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ SYSTEM = Moment("system", 2)
 class HallDevices:
     def __init__(self, settings: Settings, events: Events, emit: Callable[[Envelope], Any], pin_factory=None,
                  printer_port: Callable[[str, str], str] = lambda pid, port: port,
-                 probe_fn: Callable[[str, float], ProbeResult] = probe):
+                 probe_fn: Callable[[str, float], ProbeResult] = probe, state_dir=None):
         self.settings = settings
         self.events = events
         self.emit = emit
@@ -42,13 +42,14 @@ class HallDevices:
         self.relays: dict[str, Relay] = {}
         self.unavailable: dict[str, str] = {}  # part id -> why it could not be set up (no GPIO, pin busy)
         self.equipment_state: dict[str, dict] = {}
+        self.relay_store = RelayStore(None if state_dir is None else state_dir / "relays.json")
         for cfg in settings.inputs:
             self._setup(cfg.id, lambda: self.inputs.__setitem__(
                 cfg.id, InputWatcher(cfg, pin_factory, self._on_input)))
         for cfg in settings.equipment:
             if cfg.relay_pin is not None:
                 self._setup(cfg.id, lambda: self.relays.__setitem__(
-                    cfg.id, Relay(cfg.id, cfg.relay_pin, pin_factory, cfg.relay_active_high)))
+                    cfg.id, Relay(cfg.id, cfg.relay_pin, pin_factory, cfg.relay_active_high, self.relay_store)))
         self.printers = {cfg.id: PrinterMonitor(cfg, printer_port(cfg.id, cfg.port), self._on_printer)
                          for cfg in settings.printers}
         self.equipment = EquipmentMonitor(settings.equipment, self._on_probe, probe_fn=probe_fn,
