@@ -232,3 +232,25 @@ def test_min_pulse_defaults():
     assert InputConfig(id="p", kind="panic", pin=1).min_pulse_ms == 10
     assert InputConfig(id="d", kind="door", pin=1).min_pulse_ms == 0
     assert InputConfig(id="r", kind="reset", pin=1, min_pulse_ms=5).min_pulse_ms == 5
+
+
+def test_short_press_on_gpiozeros_lgpio_factory_with_late_alerts():
+    """The same on gpiozero's real LGPIOFactory: lgpio's alert thread reports each
+    edge 50 ms late as (chip, gpio, level, timestamp_ns)."""
+    from lgpio_fake import FakeChip, lgpio_factory
+    chip = FakeChip(delay_s=0.05)
+    chip.line(22).external = 1               # NO contact open, pulled up
+    changes = Changes()
+    with lgpio_factory(chip) as factory:
+        w = watcher(factory, changes, id="panic.1", kind="panic", pin=22, contact="no", bounce_ms=50)
+        chip.set_external(22, 0)             # pressed ...
+        time.sleep(0.015)
+        chip.set_external(22, 1)             # ... released before the first alert is delivered
+        assert chip.drain() and wait_until(lambda: changes == [("panic.1", "alarm")], 1), changes
+        chip.set_external(22, 0)
+        chip.set_external(22, 1)             # a glitch of microseconds
+        assert chip.drain()
+        time.sleep(0.35)
+        assert changes == [("panic.1", "alarm")] and w.pulses.glitches == 1
+        assert w.reset() is None and w.state == "normal"
+        w.close()
