@@ -98,6 +98,8 @@ def printer_item(printer_id: str, state: dict | None) -> Item:
         return Item(printer_id, "fail", "offline")
     if state.get("paper") == "near_end":
         return Item(printer_id, "warn", "paper near its end: change the roll")
+    if state.get("paper") != "ok":  # never "paper ok" for what the printer did not report
+        return Item(printer_id, "warn", "online; this printer does not report its paper roll (check it by eye)")
     return Item(printer_id, "pass", "online, paper ok")
 
 
@@ -170,7 +172,7 @@ class CheckRunner:
         if kind == "opening":
             for cfg in s.printers:
                 monitor = self.devices.printers[cfg.id]
-                state = monitor.poll() if monitor else None
+                state = monitor.check_now() if monitor else None
                 report.items.append(printer_item(cfg.id, state.as_dict() if state else None))
         for e in s.equipment:
             expect_on = kind == "opening" or (e.power != "auto")

@@ -76,3 +76,68 @@ def test_monitor_reports_changes_only(printer):
     monitor.poll()
     monitor.poll()
     assert seen == ["ok", "near_end"]
+
+
+def test_decode_presenter_bit_and_missing_n():
+    """Byte vectors from the manuals. PPU-231II DLE EOT n=4: bit 5 paper-end sensor,
+    bit 6 presenter sensor; an Epson sets bits 5 and 6 at paper end."""
+    clear = {1: 0x12, 2: 0x12, 3: 0x12, 4: 0x12}
+    assert decode({**clear, 4: 0x52}).paper == "ok"          # presenter empty only: paper is fine
+    assert decode({**clear, 4: 0x32}).paper == "end"         # bit 5: paper end
+    assert decode({**clear, 4: 0x5E}).paper == "near_end"    # near end + presenter empty
+    no4 = decode({1: 0x12, 2: 0x12, 3: 0x12})                # CBM-820: no n=4
+    assert no4.as_dict() == {"online": True, "paper": "unknown", "cover_open": False, "error": None}
+    assert decode({1: 0x12, 2: 0x32, 3: 0x12}).paper == "end"  # n=2 bit 5 still tells paper end
+    only1 = decode({1: 0x12})
+    assert only1.as_dict() == {"online": True, "paper": "unknown", "cover_open": None, "error": None}
+
+
+def test_an_n_that_never_answers_is_learnt_unsupported_not_offline():
+    p = EscPosPrinter(unsupported={4})                        # a Citizen CBM-820
+    try:
+        reader = EscPosStatusReader(p.port, timeout_s=0.2)
+        states = [reader.read() for _ in range(4)]
+        assert all(s.online and s.answering and s.paper == "unknown" for s in states)
+        assert reader.unsupported == {4}
+        p.requests.clear()
+        p.set(paper="end")                                    # n=2 bit 5 still says it
+        assert reader.read().paper == "end"
+        assert b"\x10\x04\x04" not in p.requests              # no longer asked
+    finally:
+        p.close()
+
+
+def test_presenter_printer_is_not_out_of_paper_when_its_presenter_is_empty():
+    p = EscPosPrinter(presenter=True)
+    try:
+        reader = EscPosStatusReader(p.port, timeout_s=0.3)
+        assert p.presenter_empty and reader.read().paper == "ok"
+        p.set(paper="end")
+        assert reader.read().paper == "end"
+    finally:
+        p.close()
+
+
+def test_one_late_reply_is_not_offline_but_fault_after_silent_polls_are():
+    p = EscPosPrinter()
+    seen = []
+    try:
+        cfg = PrinterConfig(id="printer.queue", port=p.port, timeout_s=0.2, poll_s=0.2)
+        assert cfg.fault_after == 3
+        monitor = PrinterMonitor(cfg, p.port, lambda pid, st: seen.append(st.as_dict()))
+        monitor.poll()
+        p.set(lag_s=0.4)                                      # printing a ticket: the reply comes late
+        monitor.poll()
+        p.set(lag_s=0.0)
+        monitor.poll()
+        assert [s["online"] for s in seen] == [True]          # no offline for one late reply
+        p.set(responding=False)
+        for _ in range(2):
+            monitor.poll()
+        assert len(seen) == 1
+        monitor.poll()                                        # the third silent poll in a row
+        assert seen[-1]["online"] is False and seen[-1]["paper"] == "unknown"  # never "ok" for what was not read
+        assert seen[-1]["cover_open"] is None
+    finally:
+        monitor.reader.close()
+        p.close()

@@ -1,10 +1,16 @@
 """An ESC/POS thermal ticket printer behind a pseudo-terminal.
 
 Answers ``DLE EOT n`` (n = 1..4) with the status byte the Epson ESC/POS
-reference defines (``0xx1xx10``, see ``hall_agent.devices.printer``); print
-data is swallowed. ``set(paper="near_end", cover_open=True, online=False,
-responding=False, error="autocutter")``; ``fault = "garbage"`` sends Automatic
-Status Back bytes and XON/XOFF before each answer.
+reference defines (``0xx1xx10``); print data is swallowed.
+``set(paper="near_end", cover_open=True, online=False, responding=False,
+error="autocutter", presenter_empty=True)``; ``fault = "garbage"`` sends
+Automatic Status Back bytes and XON/XOFF before each answer.
+
+Models (constructor): ``unsupported={4}`` never answers those ``n`` (Citizen
+CBM-820: no n=4); ``presenter=True`` is a kiosk printer whose n=4 bit 6 is
+the presenter sensor (Citizen PPU-231II), paper end being bit 5 alone (an
+Epson sets bits 5 and 6); ``lag_s`` delays every answer (a printer busy
+printing a ticket answers behind its receive buffer).
 """
 
 from __future__ import annotations
@@ -15,7 +21,11 @@ ERROR_BITS = {"mechanical": 0x04, "autocutter": 0x08, "unrecoverable": 0x20, "au
 
 
 class EscPosPrinter(PtyDevice):
-    def __init__(self, **kw):
+    def __init__(self, unsupported=(), presenter: bool = False, lag_s: float = 0.0, **kw):
+        self.unsupported = set(unsupported)
+        self.presenter = presenter
+        self.presenter_empty = presenter   # no ticket waiting in the presenter
+        self.lag_s = lag_s
         self.paper = "ok"
         self.cover_open = False
         self.online = True
@@ -26,7 +36,7 @@ class EscPosPrinter(PtyDevice):
 
     def set(self, **state) -> None:
         for key, value in state.items():
-            if key not in ("paper", "cover_open", "online", "responding", "error"):
+            if key not in ("paper", "cover_open", "online", "responding", "error", "presenter_empty", "lag_s"):
                 raise KeyError(key)
             if key == "paper" and value not in ("ok", "near_end", "end"):
                 raise ValueError(f"paper {value!r}")
@@ -48,7 +58,11 @@ class EscPosPrinter(PtyDevice):
         elif n == 3 and self.error:
             b |= ERROR_BITS[self.error]
         elif n == 4:
-            b |= {"ok": 0x00, "near_end": 0x0C, "end": 0x6C}[self.paper]
+            if self.presenter:  # PPU-231II: bit 5 paper end, bit 6 presenter sensor
+                b |= {"ok": 0x00, "near_end": 0x0C, "end": 0x2C}[self.paper]
+                b |= 0x40 if self.presenter_empty else 0
+            else:               # Epson: paper end sets bits 5 and 6
+                b |= {"ok": 0x00, "near_end": 0x0C, "end": 0x6C}[self.paper]
         return b
 
     def parse_request(self, buf: bytes):
@@ -67,8 +81,11 @@ class EscPosPrinter(PtyDevice):
 
     def handle(self, request: bytes) -> bytes | None:
         n = request[2]
-        if not self.responding or n not in (1, 2, 3, 4):
+        if not self.responding or n not in (1, 2, 3, 4) or n in self.unsupported:
             return None
+        if self.lag_s:
+            import time
+            time.sleep(self.lag_s)
         reply = bytes([self.status(n)])
         if self.fault == "garbage":
             # ASB bytes (0xx1xx00), XON, XOFF: none of them is a status byte
