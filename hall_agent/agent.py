@@ -63,9 +63,11 @@ class Agent:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.events = Events(settings.hall.id, settings.hall.timezone, settings.base_topic,
                              settings.mqtt.telemetry_qos, clock=self.clock)
+        self._ready = threading.Event()  # storage callbacks wait for the parts they use
         self.outbox = Outbox(self.state_dir / "outbox.sqlite3",
                              max_bytes=int(settings.storage.max_outbox_mb * 1024 * 1024),
-                             on_overflow=self._overflow_event)
+                             on_overflow=self._overflow_event, on_storage=self._on_storage,
+                             on_corrupt=self._on_corrupt)
         self.link = Link(settings, self.outbox, self.events.now)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -180,7 +182,7 @@ class Agent:
                 if watcher.latch is not None:
                     watcher.latch.alarm = True
         s = self.settings
-        known = {x.id for x in (*s.sensors, *s.inputs, *s.printers, *s.equipment)} | {"opening", "closing"}
+        known = {x.id for x in (*s.sensors, *s.inputs, *s.printers, *s.equipment)} | {"opening", "closing", "outbox"}
         known |= {CLOCK_SOURCE, CALENDAR_SOURCE}  # the agent's own alerts (clock-unsynced, calendar-unconfirmed)
         self.alerts.feed(lambda now: self.engine.forget_sources(known, now))
         if self.engine.active:
@@ -199,11 +201,13 @@ class Agent:
             log.warning("sim/%s/%s: %s", kind, part_id, problem)
 
     # -- events -------------------------------------------------------------------
-    def emit(self, env: Envelope | Raw) -> int | None:
-        """Commit an envelope (or a raw message) to the outbox and hand it to MQTT at
-        once, from the calling thread (an alarm does not wait for another thread);
-        returns its seq (None for a raw message)."""
-        (seq,) = self.outbox.enqueue_many([env], defer_sync=True)
+    def emit(self, env: Envelope | Raw, state: dict[str, str | None] | None = None) -> int | None:
+        """Commit an envelope (or a raw message) to the outbox, with ``state`` in the
+        same transaction, and hand it to MQTT at once, from the calling thread (an
+        alarm does not wait for another thread); returns its seq (None for a raw
+        message). A disk that fails does not stop it: the outbox holds the rows in
+        memory and they go out all the same (``storage-failed``)."""
+        (seq,) = self.outbox.enqueue_many([env], defer_sync=True, state=state)
         self.link.kick()
         self.outbox.nudge()  # the fsync after the hand-over, not between commit and hand-over
         return seq
@@ -211,8 +215,23 @@ class Agent:
     def _overflow_event(self, dropped: Dropped) -> Envelope:
         return self.events.agent("outbox-overflow", {
             "dropped": dropped.count, "first_seq": dropped.first_seq, "last_seq": dropped.last_seq,
-            "ranges": [list(r) for r in dropped.ranges[:200]], "dropped_total": self.outbox.dropped_total,
+            "ranges": [list(r) for r in dropped.ranges], "part": dropped.part, "of": dropped.parts,
+            "dropped_total": self.outbox.dropped_total,
         }, severity="warning", moment=Moment("system", 2), source="outbox")
+
+    def _on_storage(self, failure: str | None) -> None:
+        """From the outbox's syncer: the disk stopped (or started again) taking writes."""
+        if self._ready.wait(10):  # else start() reads the outbox's state itself
+            self.alerts.feed(lambda now: self.engine.storage(failure, now))
+
+    def _on_corrupt(self, moved_to: Path) -> None:
+        """From the outbox's syncer: a corrupt database was set aside after open."""
+        self._ready.wait(10)
+        self.emit(self.events.agent("outbox-corrupt", {
+            "moved_to": str(moved_to), "detail": "the outbox was found corrupt while running; a new one holds "
+            "every envelope that could still be read or was in memory; seq continues"},
+            severity="critical", moment=Moment("system", 1), source="outbox"))
+        self.alerts.republish()  # their retained topics and their state, into the new outbox
 
     # -- checks -------------------------------------------------------------------
     def _check_sleep(self, seconds: float) -> None:
@@ -273,6 +292,7 @@ class Agent:
             "simulate": self.simulate, "connected": self.link.connected,
             "outbox": {"depth": self.outbox.depth, "bytes": self.outbox.bytes,
                        "dropped": self.outbox.dropped_total},
+            "storage": self.outbox.status(),
             "inputs": {}, "alerts": [],
         }
         for key, provider in self.status_providers.items():
@@ -281,6 +301,13 @@ class Agent:
 
     # -- running ------------------------------------------------------------------
     def start(self) -> None:
+        if self.outbox.skipped is not None:  # first: its seq follows the gap it explains
+            first, last = self.outbox.skipped
+            self.emit(self.events.agent("seq-skipped", {
+                "first_seq": first, "last_seq": last, "count": last - first + 1,
+                "reason": "the last stop was not clean: these seqs were reserved and may have been given to "
+                          "envelopes that never reached the disk; none of them will be used again"},
+                severity="warning", moment=Moment("system", 2), source="outbox"))
         self.fleet.boot()
         self.link.start()
         self.fleet.start()
@@ -288,9 +315,14 @@ class Agent:
                                                 "outbox_depth": self.outbox.depth}))
         if self.outbox.set_aside is not None:
             self.emit(self.events.agent("outbox-corrupt", {"moved_to": str(self.outbox.set_aside),
-                      "detail": "the outbox file was unreadable; envelopes in it were not sent and seq restarted"},
-                      severity="critical", moment=Moment("system", 1)))
+                      "detail": "the outbox file was unreadable; envelopes in it were not sent; seq continues"},
+                      severity="critical", moment=Moment("system", 1), source="outbox"))
         self._restore_alerts()
+        for problem in self.alerts.problems:
+            self.emit(self.events.agent("state-damaged", {"detail": problem}, severity="warning",
+                                        moment=Moment("system", 2)))
+        self.alerts.feed(lambda now: self.engine.storage(self.outbox.failed, now))
+        self._ready.set()
         self.hardware.start_day(self.calendar, self._now)
         self.devices.start()
         self.sensors.start()
@@ -309,7 +341,6 @@ class Agent:
             self.tick_heartbeat = time.monotonic()
             try:
                 self.alerts.feed(self.engine.tick)
-                self.alerts.save()
             except Exception:
                 log.exception("rules tick failed")
 
@@ -407,19 +438,26 @@ class Agent:
         if self.watchdog is not None:
             self.watchdog.stop()
         self._stop.set()
-        try:
-            self.emit(self.events.agent("stopping", {"reason": "shutdown"}))
-        except Exception:
-            log.exception("could not record the stop")
-        self.fleet.stop()
-        self.scheduler.stop()
-        self.sensors.stop()
-        self.devices.stop()
-        self.alerts.save(force=True)
-        drained = self.link.stop(self.settings.mqtt.drain_s)
-        if not drained:
+        self._ready.set()
+        # every step runs whatever the one before did (a failing disk, a stuck part): the stop
+        # goes on to "offline", the drain and exit 0
+        self._step("record the stop", lambda: self.emit(self.events.agent("stopping", {"reason": "shutdown"})))
+        self._step("stop the fleet", self.fleet.stop)
+        self._step("stop the scheduler", self.scheduler.stop)
+        self._step("stop the sensors", self.sensors.stop)
+        self._step("stop the devices", self.devices.stop)
+        drained = self._step("stop the MQTT link", lambda: self.link.stop(self.settings.mqtt.drain_s))
+        if drained is False:
             log.warning("stopped with %d messages still in the outbox; they are sent on the next start",
                         self.outbox.depth)
-        self.outbox.close()
-        self.hardware.close()
+        self._step("close the outbox", self.outbox.close)
+        self._step("release the hardware", self.hardware.close)
         log.info("hall-agent stopped")
+
+    @staticmethod
+    def _step(what: str, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except Exception:
+            log.exception("stopping: could not %s", what)
+            return None

@@ -136,8 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         from . import logs
         from .agent import Agent
+        from .outbox import OutboxUnavailable
         logs.setup(settings.agent.log_level)
-        return Agent(settings, simulate=args.simulate, config_path=args.config).run()
+        try:
+            agent = Agent(settings, simulate=args.simulate, config_path=args.config)
+        except OutboxUnavailable as e:
+            print(f"storage error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        return agent.run()
     if args.command == "watch":
         from . import watch
         return watch.run(settings, args.scope, seconds=args.seconds, once=args.once, bell=not args.no_bell)

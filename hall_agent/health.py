@@ -40,6 +40,7 @@ def collect(started: float, outbox, storage_dir: Path, sensors: dict[str, str],
     return {
         "uptime_s": round((time.monotonic() if now_mono is None else now_mono) - started, 1),
         "outbox": {"depth": outbox.depth, "bytes": outbox.bytes, "dropped": outbox.dropped_total},
+        "storage": outbox.status(),
         "cpu_temperature_c": cpu_temperature_c(),
         "disk_free_mb": disk_free_mb(storage_dir),
         "rss_mb": rss_mb(),

@@ -111,6 +111,17 @@ class RulesEngine:
             alert.message = message
         return [AlertChange(alert, False)]
 
+    def undo(self, change: AlertChange) -> None:
+        """Take back a change whose envelope could not be emitted: the engine holds only
+        what was really announced, so the condition raises (or clears) it again."""
+        a = change.alert
+        if change.active:
+            if self.active.get(a.key) is a:
+                del self.active[a.key]
+        elif a.key not in self.active:
+            a.cleared_at = None
+            self.active[a.key] = a
+
     def _set(self, rule: str, source: str, on: bool, now: datetime, message: str, **kw) -> list[AlertChange]:
         return self._raise(rule, source, now, message, **kw) if on else self._clear(rule, source, now)
 
@@ -237,6 +248,19 @@ class RulesEngine:
     def check(self, kind: str, result: str, failed: list[str], now: datetime) -> list[AlertChange]:
         return self._set("check-failed", kind, result == "fail", now,
                          f"{kind} check failed: {', '.join(failed)}", value=len(failed), threshold=0)
+
+    def storage(self, failure: str | None, now: datetime) -> list[AlertChange]:
+        """The outbox cannot be written (``failure`` says why) or works again (None)."""
+        if failure is None:
+            return self._clear("storage-failed", "outbox", now, "the outbox takes writes again")
+        return self._raise("storage-failed", "outbox", now,
+                           f"the outbox cannot be written ({failure}): alarms are sent from memory")
+
+    def gpio(self, part: str, failure: str | None, now: datetime) -> list[AlertChange]:
+        """A configured input or relay cannot be claimed (``failure``), or works now (None)."""
+        if failure is None:
+            return self._clear("gpio-unavailable", part, now, f"{part} works again")
+        return self._raise("gpio-unavailable", part, now, f"{part} cannot be claimed: {failure}")
 
     # -- time ---------------------------------------------------------------------------------
     def tick(self, now: datetime) -> list[AlertChange]:

@@ -123,6 +123,8 @@ FIXED = {r.id: r for r in (
     FixedRule("check-failed", "warning", "internal", 1),
     FixedRule("clock-unsynced", "warning", "system", 1),
     FixedRule("calendar-unconfirmed", "warning", "system", 2),
+    FixedRule("storage-failed", "critical", "system", 1),
+    FixedRule("gpio-unavailable", "critical", "system", 1),
 )}
 
 
