@@ -123,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = _load(args, defaults)
     if settings is None:
         return EXIT_USAGE
+    from .config.checks import warnings as config_warnings
+    if args.command in ("config", "run", "check", "doctor"):
+        for path, reason in config_warnings(settings):
+            print(f"config warning: {path}: {reason}", file=sys.stderr)
     if args.command == "config":
         if args.action == "check":
             print(f"{config_path(args.config)}: ok (hall {settings.hall.id}, {len(settings.sensors)} sensors, "

@@ -34,7 +34,7 @@ def test_demo_from_a_clean_clone_with_the_usual_port_taken(broker, tmp_path):
     foreign = Recorder(broker.port, ["#"])
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "HALL_AGENT_"))}
     env.update(HALL_AGENT_DEMO_PORT=str(broker.port), XDG_STATE_HOME=str(tmp_path / "state"))
-    proc = subprocess.Popen(["scripts/demo", "--seconds", "25"], cwd=clone, env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(["scripts/demo", "--seconds", "45"], cwd=clone, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     err: list[str] = []
     hint = threading.Event()
@@ -64,7 +64,7 @@ def test_demo_from_a_clean_clone_with_the_usual_port_taken(broker, tmp_path):
         co2 = next(line for line in err if "sim/sensor/co2.hall" in line).strip()
         subprocess.run(["sh", "-c", co2], check=True, timeout=10)
         assert rec.wait_for(lambda r: any("/alert/co2-high-demo/co2.hall" in m.topic and m.payload
-                                          for m in r.messages), 20), [m.topic for m in rec.messages][-20:]
+                                          for m in r.messages), 35), [m.topic for m in rec.messages][-20:]
         proc.wait(timeout=60)
         reader.join(10)
         assert proc.returncode == 0, "".join(err)[-3000:]

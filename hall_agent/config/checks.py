@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
+
+from pydantic import BaseModel
+
+from typing import Any
 
 from .models import I2C_DRIVERS, MIN_INTERVAL_S, PART_SWITCHES, SERIAL_DRIVERS, Settings
 
@@ -35,6 +40,7 @@ def cross_checks(s: Settings) -> list[Problem]:
     problems += _sensor_options(s)
     problems += _references(s)
     problems += _mqtt(s)
+    problems += _parts(s)
     overlap = set(s.profile.summer_months) & set(s.profile.winter_months)
     if overlap:
         problems.append(("profile.winter_months",
@@ -165,4 +171,126 @@ def _mqtt(s: Settings) -> list[Problem]:
                          "a client certificate needs both cert_file and key_file"))
     if m.tls_insecure and not m.tls:
         problems.append(("mqtt.tls_insecure", "only used with tls = true"))
+    return problems
+
+
+#: what each driver reports (the envelope's value keys)
+DRIVER_VALUES = {
+    "sht3x": {"temperature_c", "humidity_pct"}, "sht4x": {"temperature_c", "humidity_pct"},
+    "bme280": {"temperature_c", "humidity_pct", "pressure_hpa"},
+    "scd4x": {"co2_ppm", "temperature_c", "humidity_pct"}, "sgp30": {"tvoc_ppb", "eco2_ppm"},
+    "mhz19": {"co2_ppm"}, "pms5003": {"pm1_ugm3", "pm25_ugm3", "pm10_ugm3"}, "ze08": {"hcho_mgm3"},
+    "ds18b20": {"temperature_c"},
+}
+#: the Pi's 1-Wire pin (dtoverlay=w1-gpio, default gpiopin=4: header pin 7)
+ONE_WIRE_PIN = "GPIO4"
+_BOARD_TO_BCM = {3: 2, 5: 3, 7: 4, 8: 14, 10: 15, 11: 17, 12: 18, 13: 27, 15: 22, 16: 23, 18: 24, 19: 10, 21: 9,
+                 22: 25, 23: 11, 24: 8, 26: 7, 27: 0, 28: 1, 29: 5, 31: 6, 32: 12, 33: 13, 35: 19, 36: 16, 37: 26,
+                 38: 20, 40: 21}
+#: baud rates a Pi's UARTs and USB serial adapters take (termios' standard rates)
+BAUD_RATES = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 500000, 576000,
+              921600, 1000000, 1152000, 1500000, 2000000, 2500000, 3000000, 3500000, 4000000)
+MAX_I2C_BUS = 22  # /dev/i2c-0 ... /dev/i2c-22 (Pi 4: 0-6 and the HDMI buses 20-22; Pi 5: up to 14)
+#: the longest a duration may be, by its key's unit suffix (longer ones overflow timers, or are typos)
+MAX_BY_SUFFIX = {"_s": (7 * 86400, "s", "a week"), "_min": (7 * 1440, "min", "a week"),
+                 "_ms": (60_000, "ms", "a minute"), "_mb": (1_048_576, "MB", "1 TB"),
+                 "_days": (3660, "days", "ten years")}
+
+
+def bcm(pin: int | str) -> int | None:
+    """The BCM number of a pin as written in the file, where it can be known."""
+    if isinstance(pin, int):
+        return pin
+    m = re.fullmatch(r"(?:GPIO|BCM)(\d+)", pin)
+    if m:
+        return int(m[1])
+    m = re.fullmatch(r"(?:BOARD|J8:)(\d+)", pin)
+    if m:
+        return _BOARD_TO_BCM.get(int(m[1]), -1)
+    return None
+
+
+def _parts(s: Settings) -> list[Problem]:
+    problems: list[Problem] = []
+    # a rule on a value its source sensor does not report
+    from ..rules.profile import Seasons, gbt18883
+    profile_values = {r.id: r.value for r in gbt18883(Seasons())}
+    drivers = {x.id: x.driver for x in s.sensors}
+    for i, rule in enumerate(s.rules):
+        value = rule.value or profile_values.get(rule.id)
+        if rule.source in drivers and value and value not in DRIVER_VALUES.get(drivers[rule.source], {value}):
+            reports = ", ".join(sorted(DRIVER_VALUES[drivers[rule.source]]))
+            problems.append((f"rules[{i}].value" if rule.value else f"rules[{i}].source",
+                             f"sensor {rule.source!r} ({drivers[rule.source]}) does not report {value}; "
+                             f"it reports {reports}"))
+    # two parts on one serial port
+    ports: dict[str, str] = {}
+    serial = [(f"sensors[{i}].port", x.port) for i, x in enumerate(s.sensors) if x.port]
+    serial += [(f"printers[{i}].port", x.port) for i, x in enumerate(s.printers)]
+    for path, port in serial:
+        key = os.path.normpath(port) if port.startswith("/") else port
+        if key in ports:
+            problems.append((path, f"serial port {port} is already used by {ports[key]}: one part per port"))
+        else:
+            ports[key] = path
+    # pins no Pi has, and the 1-Wire pin taken by an input or relay while a DS18B20 needs it
+    one_wire = [f"sensors[{i}]" for i, x in enumerate(s.sensors) if x.driver == "ds18b20"]
+    pins = [(f"inputs[{i}].pin", x.pin) for i, x in enumerate(s.inputs)]
+    pins += [(f"equipment[{i}].relay_pin", x.relay_pin) for i, x in enumerate(s.equipment)
+             if x.relay_pin is not None]
+    for path, pin in pins:
+        number = bcm(pin)
+        if number is not None and not 0 <= number <= 27:
+            problems.append((path, f"{pin} is not a GPIO pin of a Raspberry Pi's 40-pin header "
+                                   "(BCM 0-27; BOARD pins 1, 2, 4, 6, 9, 14, 17, 20, 25, 30, 34, 39 are power "
+                                   "and ground)"))
+        elif one_wire and number == 4:
+            problems.append((path, f"{pin} is the 1-Wire pin (GPIO4, header pin 7) and {one_wire[0]} is a "
+                                   "ds18b20 on it: use another pin"))
+    # buses and baud rates no Pi has
+    for i, x in enumerate(s.sensors):
+        if x.driver in I2C_DRIVERS and x.bus > MAX_I2C_BUS:
+            problems.append((f"sensors[{i}].bus", f"{x.bus} is not an I2C bus of a Raspberry Pi "
+                                                  f"(/dev/i2c-0 to /dev/i2c-{MAX_I2C_BUS}; usually 1)"))
+        if x.baudrate is not None and x.driver in SERIAL_DRIVERS and x.baudrate not in BAUD_RATES:
+            problems.append((f"sensors[{i}].baudrate", f"{x.baudrate} is not a standard baud rate "
+                                                       "(9600 for this part)"))
+    for i, x in enumerate(s.printers):
+        if x.baudrate not in BAUD_RATES:
+            problems.append((f"printers[{i}].baudrate", f"{x.baudrate} is not a standard baud rate "
+                                                        "(9600, 19200, 38400 or 115200 for a ticket printer)"))
+    return problems
+
+
+def warnings(s: Settings) -> list[Problem]:
+    """Accepted, but worth a line: ``config check`` prints them, ``run`` logs them."""
+    out: list[Problem] = []
+    for i, x in enumerate(s.inputs):
+        if x.kind == "panic" and x.contact == "no" and not getattr(x, "contact_checked", False):
+            out.append((f"inputs[{i}].contact", "a panic button on a normally-open contact: a cut wire is then "
+                                                 "silent (no alarm, no fault). Wire it NC (contact = \"nc\"), or "
+                                                 "set contact_checked = true once the loop is supervised"))
+    return out
+
+
+def limits(s: Settings) -> list[Problem]:
+    """What would break the agent at run time: inf and nan anywhere, durations and sizes that
+    overflow a timer or a date (interval_s = inf, misfire_grace_min = 10**12)."""
+    problems: list[Problem] = []
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, BaseModel):
+            for name in type(node).model_fields:
+                walk(getattr(node, name), f"{path}.{name}" if path else name)
+        elif isinstance(node, (list, tuple)):
+            for i, item in enumerate(node):
+                walk(item, f"{path}[{i}]")
+        elif isinstance(node, float) and not math.isfinite(node):
+            problems.append((path, f"must be a finite number, not {node}"))
+        elif isinstance(node, (int, float)) and not isinstance(node, bool):
+            for suffix, (most, unit, words) in MAX_BY_SUFFIX.items():
+                if path.endswith(suffix) and node > most:
+                    why = "no disk is that large" if suffix == "_mb" else "a timer cannot run that long"
+                    problems.append((path, f"{node:g} {unit} is more than {words} ({most:g} {unit}): {why}"))
+    walk(s, "")
     return problems

@@ -297,6 +297,7 @@ class InputConfig(Section):
     kind: Literal["door", "panic", "motion", "reset"]
     pin: int | str
     contact: Literal["no", "nc"] = "no"
+    contact_checked: bool = False   # a panic on an NO contact whose wiring is supervised otherwise: no warning
     pull_up: bool = True
     bounce_ms: int = Field(default=50, ge=0, le=10_000)
     min_pulse_ms: int | None = Field(default=None, ge=0, le=10_000)   # panic 10, else 0
