@@ -139,8 +139,8 @@ class Link:
         except (BlockingIOError, OSError):
             pass  # already awake (the buffer is full of wake-ups), or shutting down
 
-    def status_payload(self, state: str, reason: str | None) -> bytes:
-        return json.dumps({"state": state, "ts": self.clock(), "version": __version__,
+    def status_payload(self, state: str, reason: str | None, ts: str | None = None) -> bytes:
+        return json.dumps({"state": state, "ts": ts or self.clock(), "version": __version__,
                            "reason": reason}).encode()
 
     def subscribe(self, suffix: str, handler: Handler) -> None:
@@ -200,7 +200,11 @@ class Link:
     # -- network thread ------------------------------------------------------
     def _connect_once(self) -> None:
         m = self.settings.mqtt
-        self.client.will_set(self.status_topic, self.status_payload("offline", "connection-lost"), 1, True)
+        # the broker cannot stamp the will when it fires: it and this connection's "online"
+        # carry the same ts (the connect), so the will is never older than what it replaces
+        self._connect_ts = self.clock()
+        self.client.will_set(self.status_topic, self.status_payload("offline", "connection-lost",
+                                                                    self._connect_ts), 1, True)
         if self.connects == 0 and not self.client.host:
             self.client.connect(m.host, m.effective_port, m.keepalive_s,
                                 clean_start=True if m.protocol == 5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY)
@@ -300,7 +304,8 @@ class Link:
         self._delay = self.min_delay
         for topic in self._handlers:  # before "online": a command sent on seeing it is not missed
             client.subscribe(topic, qos=1)
-        client.publish(self.status_topic, self.status_payload("online", None), 1, True)
+        client.publish(self.status_topic, self.status_payload("online", None, getattr(self, "_connect_ts", None)),
+                       1, True)
         for hook in self.on_connected:
             try:
                 hook()

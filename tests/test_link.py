@@ -76,6 +76,9 @@ def test_last_will_when_the_agent_dies(broker, tmp_path):
         assert rec.wait_for(status_is("online")), agent.output()
         agent.kill()
         assert rec.wait_for(status_is("offline", "connection-lost"))
+        online, will = rec.payloads("/status")[-2:]
+        # issue 22.7: the will carried its connect time, older than the online it replaces
+        assert online["state"] == "online" and will["ts"] >= online["ts"], (online, will)
     finally:
         agent.kill()
         rec.close()
