@@ -29,7 +29,7 @@ from .rules import RulesEngine, build as build_rules
 from .rules.engine import CALENDAR_SOURCE, CLOCK_SOURCE
 from .sensors import SensorError
 from .sensors.loop import SensorLoop
-from .systemd import Loop, Watchdog, notify as sd_notify
+from .systemd import Loop, ServiceStatus, Watchdog, notify as sd_notify
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ class Agent:
         self._threads: list[threading.Thread] = []
         self.tick_heartbeat = time.monotonic()
         self.watchdog = None
+        self.service_status = ServiceStatus(sd_notify)
         if simulate:
             from .simulation import Simulation
             self.hardware: Hardware = Simulation(settings, self.state_dir)
@@ -375,11 +376,13 @@ class Agent:
             new = load(self.config_path)
         except ConfigError as e:
             log.error("reload refused, keeping the running configuration: %s", "; ".join(e.problems))
+            self.service_status.note("reload", f"reload refused ({len(e.problems)} problem(s), see the journal),"
+                                               " running with the previous configuration")
             return
         old = self.settings
         if new.hours != old.hours or new.checks != old.checks or new.hall.timezone != old.hall.timezone:
             self.apply_calendar(new)
-        sd_notify("STATUS=configuration reloaded")
+        self.service_status.note("reload", "configuration reloaded")
         others = [k for k in type(new).model_fields if k not in ("hours", "checks")
                   and getattr(new, k) != getattr(old, k)]
         if others:
@@ -413,10 +416,11 @@ class Agent:
         self.start()
         log.info("hall-agent %s running for hall %s (%s)%s", __version__, self.settings.hall.id,
                  self.settings.base_topic, " in simulation" if self.simulate else "")
-        self.watchdog = Watchdog.from_environment(self.loops())
+        self.service_status.set_state(f"running for hall {self.settings.hall.id}", announce=False)
+        self.watchdog = Watchdog.from_environment(self.loops(), self.service_status)
         if self.watchdog is not None:
             self.watchdog.start()
-        sd_notify(f"READY=1\nSTATUS=running for hall {self.settings.hall.id}")
+        sd_notify(f"READY=1\n{self.service_status.message()}")
         while not self._stop.wait(1.0):
             pass
         self.stop()

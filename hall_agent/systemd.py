@@ -31,6 +31,40 @@ def notify(message: str, socket_path: str | None = None) -> bool:
         return False
 
 
+class ServiceStatus:
+    """The one line ``systemctl status`` shows: what the agent is doing (``running for
+    hall …``) plus the current notes (a reload, a stalled loop). A note is added or
+    cleared on its own, so that it never hides that the agent runs, nor outlives its cause."""
+
+    def __init__(self, send: Callable[[str], bool] = notify):
+        self.send = send
+        self.state = ""
+        self.notes: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def text(self) -> str:
+        return "; ".join([self.state, *self.notes.values()])
+
+    def message(self) -> str:
+        return f"STATUS={self.text()}"
+
+    def set_state(self, state: str, announce: bool = True) -> None:
+        with self._lock:
+            self.state = state
+            if announce:
+                self.send(self.message())
+
+    def note(self, key: str, text: str | None) -> None:
+        """Set (or, with None, clear) one note and tell systemd."""
+        with self._lock:
+            if text is None:
+                if self.notes.pop(key, None) is None:
+                    return
+            else:
+                self.notes[key] = text
+            self.send(self.message())
+
+
 @dataclass
 class Loop:
     name: str
@@ -44,8 +78,9 @@ class Watchdog:
     systemd restarts the agent after ``WatchdogSec``."""
 
     def __init__(self, loops: list[Loop], interval_s: float, send: Callable[[str], bool] = notify,
-                 clock=time.monotonic):
+                 clock=time.monotonic, status: ServiceStatus | None = None):
         self.loops = loops
+        self.status = status if status is not None else ServiceStatus(send)
         self.interval_s = interval_s
         self.send = send
         self.clock = clock
@@ -54,12 +89,12 @@ class Watchdog:
         self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
 
     @classmethod
-    def from_environment(cls, loops: list[Loop]) -> "Watchdog | None":
+    def from_environment(cls, loops: list[Loop], status: ServiceStatus | None = None) -> "Watchdog | None":
         usec = os.environ.get("WATCHDOG_USEC")
         pid = os.environ.get("WATCHDOG_PID")
         if not usec or (pid and pid != str(os.getpid())):
             return None
-        return cls(loops, int(usec) / 1e6 / 2)
+        return cls(loops, int(usec) / 1e6 / 2, status=status)
 
     def check(self) -> list[str]:
         now = self.clock()
@@ -71,13 +106,18 @@ class Watchdog:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            stalled = self.check()
-            if not stalled:
-                self.send("WATCHDOG=1")
-            elif stalled != self.stalled:
-                log.error("not feeding the watchdog: stalled loop(s) %s", ", ".join(stalled))
-                self.send(f"STATUS=stalled: {', '.join(stalled)}")
-            self.stalled = stalled
+            self._run_once(self.check())
+
+    def _run_once(self, stalled: list[str]) -> None:
+        if not stalled:
+            self.send("WATCHDOG=1")
+            if self.stalled:
+                log.warning("loops moving again: feeding the watchdog")
+                self.status.note("watchdog", None)
+        elif [s.split(" (")[0] for s in stalled] != [s.split(" (")[0] for s in self.stalled]:
+            log.error("not feeding the watchdog: stalled loop(s) %s", ", ".join(stalled))
+            self.status.note("watchdog", f"stalled: {', '.join(stalled)}")
+        self.stalled = stalled
 
     def stop(self) -> None:
         self._stop.set()

@@ -11,7 +11,7 @@ import pytest
 
 from hall_agent.agent import Agent
 from hall_agent.config import validate
-from hall_agent.systemd import Loop, Watchdog, notify
+from hall_agent.systemd import Loop, ServiceStatus, Watchdog, notify
 from mqtt_helpers import AgentProcess, Recorder, wait_until, write_config
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "hall-agent.service"
@@ -130,3 +130,44 @@ def test_unit_never_gives_up_restarting():
     configuration was fixed remotely stayed dead. deploy/test-systemd proves the recovery."""
     d = _unit_directives()
     assert d["StartLimitIntervalSec"] == ["0"] and d["Restart"] == ["always"]
+
+
+def test_status_after_a_reload_still_says_the_agent_runs(broker, tmp_path, notify_socket):
+    """Issue 22.7: after `systemctl reload` the status was only 'configuration reloaded'."""
+    import signal as _signal
+    path, drain = notify_socket
+    cfg = write_config(tmp_path / "c.toml", broker.port, tmp_path / "state")
+    agent = AgentProcess(cfg, env={"NOTIFY_SOCKET": path}).start()
+    statuses = lambda ms: [line[7:] for m in ms for line in m.splitlines() if line.startswith("STATUS=")]
+    try:
+        seen = []
+        assert wait_until(lambda: any(m.startswith("READY=1") for m in seen.extend(drain()) or seen), 15)
+        assert statuses(seen) == ["running for hall zg-001"]
+        agent.proc.send_signal(_signal.SIGHUP)
+        got = []
+        assert wait_until(lambda: statuses(got.extend(drain()) or got), 10)
+        assert statuses(got) == ["running for hall zg-001; configuration reloaded"]
+        cfg.write_text(cfg.read_text().replace("drain_s = 3", "drain_s = 'soon'"))
+        agent.proc.send_signal(_signal.SIGHUP)
+        got = []
+        assert wait_until(lambda: statuses(got.extend(drain()) or got), 10)
+        (refused,) = statuses(got)
+        assert refused.startswith("running for hall zg-001; reload refused (1 problem(s)"), refused
+    finally:
+        agent.kill()
+
+
+def test_watchdog_status_note_is_cleared_when_the_loops_move_again():
+    sent = []
+    status = ServiceStatus(send=lambda m: sent.append(m) or True)
+    status.set_state("running for hall zg-001")
+    beat = [0.0]
+    now = [0.0]
+    dog = Watchdog([Loop("rules-tick", lambda: beat[0], 5)], 1, send=sent.append, clock=lambda: now[0],
+                   status=status)
+    for t, b in ((1, 1), (10, 1), (11, 1), (12, 12)):  # stalls at 10 s, moves again at 12 s
+        now[0], beat[0] = t, b
+        dog._run_once(dog.check())
+    assert sent == ["STATUS=running for hall zg-001", "WATCHDOG=1",
+                    "STATUS=running for hall zg-001; stalled: rules-tick (9 s)",
+                    "WATCHDOG=1", "STATUS=running for hall zg-001"]
