@@ -169,6 +169,111 @@ def check_broker(settings: Settings, timeout_s: float = 10.0) -> list[Finding]:
         client.loop_stop()
 
 
+# --- the service under systemd (deploy/install.sh's unit) -----------------------------------
+
+SERVICE_USER = "hall-agent"
+SERVICE_GROUPS = ("gpio", "i2c", "dialout")  # the unit's SupplementaryGroups
+UNIT_STATE_DIR = Path("/var/lib/hall-agent")  # the unit's StateDirectory
+
+
+def _systemctl_show(unit: str, *props: str) -> dict[str, str] | None:
+    """The unit's properties, or None when systemd does not run here or the unit is not installed."""
+    import shutil
+    import subprocess
+    if not Path("/run/systemd/system").is_dir() or not shutil.which("systemctl"):
+        return None
+    try:
+        out = subprocess.run(["systemctl", "show", unit, *[f"--property={p}" for p in props]],
+                             capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    values = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    return None if values.get("LoadState") in (None, "not-found") else values
+
+
+def check_service(show=_systemctl_show) -> list[Finding]:
+    """A failed unit is not restarted by ``systemctl restart`` alone: say what does."""
+    v = show("hall-agent.service", "LoadState", "ActiveState", "SubState", "Result", "NRestarts")
+    if v is None:
+        return []
+    state = f"{v.get('ActiveState')} ({v.get('SubState')})"
+    if v.get("ActiveState") == "failed":
+        return [Finding(False, "service", f"hall-agent.service {state}, result {v.get('Result')}: "
+                        "systemd no longer starts it",
+                        "find the cause (journalctl -u hall-agent -n 50), fix it, then "
+                        "sudo systemctl reset-failed hall-agent && sudo systemctl start hall-agent")]
+    if v.get("SubState") == "auto-restart" or v.get("ActiveState") == "activating":
+        return [Finding(False, "service", f"hall-agent.service {state}, restarted {v.get('NRestarts')} "
+                        "times: it keeps failing", "journalctl -u hall-agent -n 50 says why; once fixed it "
+                        "starts by itself within 5 s")]
+    return [Finding(True, "service", f"hall-agent.service {state}")]
+
+
+def check_service_storage(state_dir: Path, show=_systemctl_show) -> list[Finding]:
+    """storage.dir outside /var/lib/hall-agent is read-only to the unit (ProtectSystem=strict)
+    unless a drop-in grants it, which deploy/install.sh writes."""
+    v = show("hall-agent.service", "LoadState", "ReadWritePaths")
+    state = Path(os.path.abspath(state_dir))
+    if v is None or state == UNIT_STATE_DIR or UNIT_STATE_DIR in state.parents:
+        return []
+    granted = [Path(p.lstrip("-+")) for p in v.get("ReadWritePaths", "").split()]
+    if any(g == state or g in state.parents for g in granted):
+        return [Finding(True, "service storage", f"{state} is writable to the service")]
+    return [Finding(False, "service storage", f"storage.dir {state} is read-only to hall-agent.service "
+                    "(the unit makes all but /var/lib/hall-agent read-only): the agent cannot start",
+                    "run deploy/install.sh again (it adds storage.dir to the unit), or remove storage.dir")]
+
+
+def _service_can_open(st: os.stat_result, user_groups: dict[int, str]) -> bool:
+    """Can the unit's user (groups gpio, i2c, dialout) open a node with this owner and mode?"""
+    import pwd
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = ""
+    mode = stat.S_IMODE(st.st_mode)
+    if owner == SERVICE_USER:
+        return mode & 0o600 == 0o600
+    if st.st_gid in user_groups:
+        return mode & 0o060 == 0o060
+    return mode & 0o006 == 0o006
+
+
+def check_device_permissions(settings: Settings, dev: Path = Path("/dev")) -> list[Finding]:
+    """Device nodes the service user cannot open: a permission problem with its fix, not an
+    absent part (plain Debian leaves /dev/i2c-* root:root 0600)."""
+    import grp
+    groups = {}
+    for name in (SERVICE_USER, *SERVICE_GROUPS):
+        try:
+            groups[grp.getgrnam(name).gr_gid] = name
+        except KeyError:
+            pass
+    nodes = [dev / f"i2c-{b}" for b in sorted({s.bus for s in settings.sensors if s.driver in I2C_DRIVERS})]
+    if settings.inputs or any(e.relay_pin is not None for e in settings.equipment):
+        nodes += sorted(dev.glob("gpiochip*"))
+    nodes += [Path(s.port) for s in settings.sensors if s.driver in SERIAL_DRIVERS]
+    nodes += [Path(p.port) for p in settings.printers]
+    out = []
+    for node in dict.fromkeys(nodes):
+        try:
+            st = node.stat()
+        except OSError:
+            continue  # missing: the bus, sensor and printer checks say so
+        if not _service_can_open(st, groups):
+            try:
+                owner = f"{__import__('pwd').getpwuid(st.st_uid).pw_name}:{grp.getgrgid(st.st_gid).gr_name}"
+            except KeyError:
+                owner = f"{st.st_uid}:{st.st_gid}"
+            out.append(Finding(False, "device permissions",
+                               f"{node} is {owner} {stat.filemode(st.st_mode)}: the service (user {SERVICE_USER}, "
+                               f"groups {' '.join(SERVICE_GROUPS)}) cannot open it (EACCES): the wiring is not "
+                               "at fault", "run deploy/install.sh again (it adds udev rules giving I2C to the "
+                               "group i2c and GPIO to gpio where the OS has none), then reboot or "
+                               "sudo udevadm trigger"))
+    return out
+
+
 def run(settings: Settings, path: str | None) -> int:
     from .agent import storage_dir
     from .hardware import Hardware
@@ -176,7 +281,8 @@ def run(settings: Settings, path: str | None) -> int:
     hardware = Hardware(settings, state_dir)
     findings = (check_config_file(settings, config_path(path)) + check_storage(state_dir) + check_clock()
                 + check_gpio(settings) + check_sensors(settings, hardware) + check_printers(settings)
-                + check_broker(settings))
+                + check_broker(settings) + check_service() + check_service_storage(state_dir)
+                + check_device_permissions(settings))
     hardware.close()
     for f in findings:
         print(f.line())

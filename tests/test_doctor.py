@@ -1,7 +1,9 @@
 """hall-agent doctor: each problem found, with its fix; exit 1 on any."""
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 from hall_agent import doctor
 from hall_agent.config import validate
@@ -58,3 +60,52 @@ def test_cli_exits_1_with_problems(broker, tmp_path):
     r = subprocess.run([sys.executable, "-m", "hall_agent", "doctor", "-c", str(cfg)], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 1 and "PROBLEM  sensor env" in r.stdout and "ok       broker" in r.stdout
+
+
+# --- the service under systemd (issue 22: items 2, 4 and 6) ---------------------------------
+
+def shows(**props):
+    return lambda unit, *names: {"LoadState": "loaded", **props}
+
+
+def test_a_failed_unit_is_reported_with_reset_failed():
+    (f,) = doctor.check_service(shows(ActiveState="failed", SubState="failed", Result="start-limit-hit"))
+    assert not f.ok and "start-limit-hit" in f.detail
+    assert "systemctl reset-failed hall-agent && sudo systemctl start hall-agent" in f.fix
+    (loop,) = doctor.check_service(shows(ActiveState="activating", SubState="auto-restart", NRestarts="7"))
+    assert not loop.ok and "7 times" in loop.detail and "journalctl" in loop.fix
+    (ok,) = doctor.check_service(shows(ActiveState="active", SubState="running"))
+    assert ok.ok
+    assert doctor.check_service(lambda unit, *names: None) == []  # no systemd, or no unit: nothing to say
+
+
+def test_storage_outside_the_state_directory_needs_the_drop_in(tmp_path):
+    (f,) = doctor.check_service_storage(Path("/srv/hall-data"), shows(ReadWritePaths=""))
+    assert not f.ok and "read-only to hall-agent.service" in f.detail and "install.sh again" in f.fix
+    (ok,) = doctor.check_service_storage(Path("/srv/hall-data/x"), shows(ReadWritePaths="/opt/y -/srv/hall-data"))
+    assert ok.ok
+    assert doctor.check_service_storage(Path("/var/lib/hall-agent"), shows(ReadWritePaths="")) == []
+    assert doctor.check_service_storage(Path("/srv/x"), lambda unit, *names: None) == []
+
+
+def test_a_device_the_service_cannot_open_is_a_permission_problem(tmp_path):
+    """Plain Debian: /dev/i2c-1 root:root 0600. Not 'absent': a permission problem, with the fix."""
+    import grp
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    (dev / "i2c-1").write_text("")
+    (dev / "i2c-1").chmod(0o600)
+    s = validate({"hall": {"id": "zg-001", "city": "zigong", "branch": "ziliujing"},
+                  "sensors": [{"id": "env", "driver": "sht3x", "bus": 1}]})
+    (f,) = doctor.check_device_permissions(s, dev)
+    assert not f.ok and "cannot open it (EACCES)" in f.detail and "udev" in f.fix
+    try:
+        gid = grp.getgrnam("i2c").gr_gid
+    except KeyError:
+        gid = None
+    if os.geteuid() == 0 and gid is not None:  # root (CI): give it to the group, as the udev rule does
+        os.chown(dev / "i2c-1", 0, gid)
+        (dev / "i2c-1").chmod(0o660)
+        assert doctor.check_device_permissions(s, dev) == []
+    (dev / "i2c-1").chmod(0o666)
+    assert doctor.check_device_permissions(s, dev) == []
