@@ -29,7 +29,11 @@ class LazySMBus:
         with self._lock:
             if self._smbus is None:
                 from smbus2 import SMBus
-                self._smbus = SMBus(self.bus)  # OSError if the bus is missing: the driver reports it
+                try:
+                    self._smbus = SMBus(self.bus)  # OSError if the bus is missing: the driver reports it
+                except PermissionError as e:  # not a part that does not answer: say what it is
+                    from .sensors.base import SensorPermission
+                    raise SensorPermission.opening(f"/dev/i2c-{self.bus}", e) from None
             return self._smbus
 
     def __getattr__(self, name: str) -> Any:

@@ -31,6 +31,18 @@ class SensorAbsent(SensorError):
     kind = "absent"
 
 
+class SensorPermission(SensorError):
+    """The bus or port exists but the agent may not open it (EACCES: its mode and group;
+    EPERM: the unit's device rules): not a wiring fault."""
+    kind = "permission"
+
+    @classmethod
+    def opening(cls, node: str, e: OSError) -> "SensorPermission":
+        name = "EPERM" if e.errno == 1 else "EACCES"
+        return cls(f"permission denied opening {node} ({name}): the agent's user may not use it, the "
+                   "part and its wiring are not at fault; run hall-agent doctor")
+
+
 class SensorChecksumError(SensorError):
     kind = "checksum"
 

@@ -3,13 +3,14 @@ a frame scanner that resynchronises after garbage, short frames and bad checksum
 
 from __future__ import annotations
 
+import errno
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import serial
 
-from .base import SensorAbsent, SensorChecksumError, SensorTimeout
+from .base import SensorAbsent, SensorChecksumError, SensorPermission, SensorTimeout
 
 try:
     from termios import error as TermiosError
@@ -101,6 +102,8 @@ class SerialPort:
                                                      parity="N", stopbits=1, timeout=self.timeout_s,
                                                      xonxoff=False, rtscts=False)
             except (serial.SerialException, OSError, ValueError) as e:
+                if getattr(e, "errno", None) in (errno.EACCES, errno.EPERM):
+                    raise SensorPermission.opening(self.port, e) from None
                 raise SensorAbsent(f"{self.model}: cannot open {self.port} ({e})") from None
         return self._serial
 
