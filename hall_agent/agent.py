@@ -289,7 +289,7 @@ class Agent:
     def status(self) -> dict[str, Any]:
         result: dict[str, Any] = {
             "version": __version__, "uptime_s": round(self.clock.monotonic() - self.started, 1),
-            "clock_synced": self.clock.synced(),
+            "clock_synced": self.clock.synced(), "calendar_confirmed_until": self.calendar_confirmed_until(),
             "simulate": self.simulate, "connected": self.link.connected,
             "outbox": {"depth": self.outbox.depth, "bytes": self.outbox.bytes,
                        "dropped": self.outbox.dropped_total},
@@ -337,13 +337,32 @@ class Agent:
             self._threads.append(t)
 
     def _tick_loop(self) -> None:
-        """Timers of the rules (door held open, for_s, closing time) and saving active alerts."""
+        """Timers of the rules (door held open, closing time, clock sync), the calendar's
+        confirmation (once a minute) and saving active alerts."""
+        calendar_at = None
         while not self._stop.wait(1.0):
             self.tick_heartbeat = time.monotonic()
             try:
                 self.alerts.feed(self.engine.tick)
+                if calendar_at is None or self.clock.monotonic() - calendar_at >= 60:
+                    calendar_at = self.clock.monotonic()
+                    self.calendar_tick()
             except Exception:
                 log.exception("rules tick failed")
+
+    def calendar_tick(self) -> None:
+        """``calendar-unconfirmed`` from 30 days before the first date whose official holiday
+        schedule neither the package nor the config knows. Judged on a synchronised clock
+        only (an unsynchronised one may be a year off)."""
+        if not self.clock.synced():
+            return
+        today = self._now().date()
+        first = self.calendar.unconfirmed_from(today)
+        self.alerts.feed(lambda now: self.engine.calendar_state(first, today, now))
+
+    def calendar_confirmed_until(self) -> str | None:
+        until = self.calendar.confirmed_until(self._now().date())
+        return until.isoformat() if until else None
 
     def _health_loop(self) -> None:
         interval = self.settings.agent.health_interval_s
@@ -354,6 +373,7 @@ class Agent:
                 # the staff console shows the name and calls a hall silent after 3 missed intervals
                 data.update(name=self.settings.hall.name, interval_s=interval)
                 data["clock_synced"] = self.clock.synced()
+                data["calendar_confirmed_until"] = self.calendar_confirmed_until()
                 self.emit(self.events.health(data))
             except Exception:
                 log.exception("health report failed")
@@ -395,6 +415,7 @@ class Agent:
                                          new.checks.closing_delay_min, cache_dir=self.state_dir)
         self.engine.is_open = self.calendar.is_open
         self.scheduler.rebuild(self.calendar)
+        self.calendar_tick()  # dates added to [hours] may confirm the coming year
         log.info("business hours and checks rescheduled")
 
     def request_stop(self, *_: Any) -> None:

@@ -100,13 +100,20 @@ def _schedule(args: argparse.Namespace) -> int:
         print("schedule: --days must be at least 1", file=sys.stderr)
         return EXIT_USAGE
     runs = cal.runs(start, args.days)
-    if args.json:
-        print(json.dumps([r.as_dict() for r in runs]))
+    first = cal.unconfirmed_from(datetime.now(cal.tz).date())
+    unconfirmed = [first is not None and r.day >= first for r in runs]
+    if args.json:  # a run on a day the official holiday schedule does not cover carries "unconfirmed": true
+        print(json.dumps([{**r.as_dict(), **({"unconfirmed": True} if u else {})} for r, u in zip(runs, unconfirmed)]))
         return EXIT_OK
-    for r in runs:
-        print(f"{r.at:%Y-%m-%d %a %H:%M %z}  {r.kind:8}  ({cal.why(r.day)})")
+    for r, u in zip(runs, unconfirmed):
+        mark = "; UNCONFIRMED: holidays guessed" if u else ""
+        print(f"{r.at:%Y-%m-%d %a %H:%M %z}  {r.kind:8}  ({cal.why(r.day)}{mark})")
     if not runs:
         print(f"no opening or closing in the {args.days} day(s) from {start:%Y-%m-%d}")
+    if any(unconfirmed):
+        print(f"\nfrom {first.isoformat()} the official holiday schedule is not known (days off and make-up days "
+              "are the holidays package's guess): upgrade it (pip install -U holidays) once it has that year, "
+              "or list that year's days off under [hours] closed and its make-up days under [hours.open]")
     return EXIT_OK
 
 

@@ -130,6 +130,28 @@ def check_clock() -> list[Finding]:
                     "enable NTP: sudo timedatectl set-ntp true; check the network reaches an NTP server")]
 
 
+def check_calendar(settings: Settings, today=None) -> list[Finding]:
+    """Up to when the holiday calendar is official (SPEC: ``calendar-unconfirmed``)."""
+    from datetime import datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    from .calendar import BusinessCalendar, package_version
+    if not settings.hours.holidays:
+        return [Finding(True, "calendar", "no public-holiday calendar ([hours] holidays = \"\")")]
+    today = today or datetime.now(ZoneInfo(settings.hall.timezone)).date()
+    first = BusinessCalendar(settings.hours, settings.hall.timezone).unconfirmed_from(today)
+    version = f"holidays {package_version()}"
+    if first is None:
+        return [Finding(True, "calendar", f"{settings.hours.holidays} ({version}): rule-based, no yearly schedule")]
+    if (first - today).days > 30:
+        return [Finding(True, "calendar", f"{settings.hours.holidays} ({version}): official until "
+                        f"{(first - timedelta(days=1)).isoformat()}")]
+    return [Finding(False, "calendar", f"{settings.hours.holidays} ({version}): the official holiday schedule "
+                    f"from {first.isoformat()} is not known (days off and make-up days are guessed)",
+                    "pip install -U holidays once it has that year, or list that year's days off under "
+                    "[hours] closed and its make-up working days under [hours.open]")]
+
+
 def check_storage(state_dir: Path) -> list[Finding]:
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -280,6 +302,7 @@ def run(settings: Settings, path: str | None) -> int:
     state_dir = storage_dir(settings, False)
     hardware = Hardware(settings, state_dir)
     findings = (check_config_file(settings, config_path(path)) + check_storage(state_dir) + check_clock()
+                + check_calendar(settings)
                 + check_gpio(settings) + check_sensors(settings, hardware) + check_printers(settings)
                 + check_broker(settings) + check_service() + check_service_storage(state_dir)
                 + check_device_permissions(settings))
