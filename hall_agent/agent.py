@@ -8,7 +8,7 @@ import os
 import signal
 import threading
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,7 +18,7 @@ from .config import Settings
 from .envelope import Envelope, Events, Moment
 from .alerts import Alerts
 from .calendar import BusinessCalendar
-from .checks import CheckAborted, CheckRunner, Report
+from .checks import CheckAborted, CheckBusy, CheckRunner, Report
 from .clock import Clock, SystemClock
 from .commands import CommandError, parse as parse_command
 from .devices.hall import HallDevices
@@ -96,6 +96,8 @@ class Agent:
         self.devices.listeners.append(self._on_device)
         self.checks = CheckRunner(settings, self.devices, self.sensors, self._now, sleep=self._check_sleep,
                                   clock=self.clock)
+        self._check_lock = threading.Lock()
+        self._check_running: str | None = None
         self.slow_commands = {"check"}  # run in their own thread: a check takes settle_s
         from .scheduler import CheckScheduler
         self.scheduler = CheckScheduler(self.calendar, lambda run: self.run_check(run.kind, run.at),
@@ -241,8 +243,21 @@ class Agent:
             raise CheckAborted("the agent is stopping")
 
     def run_check(self, kind: str, scheduled_for: datetime | None = None, publish: bool = True,
-                  settle_s: float | None = None) -> Report:
-        report = self.checks.run(kind, scheduled_for, settle_s)
+                  settle_s: float | None = None, switch: bool = True, wait: bool = True) -> Report:
+        """One check at a time: a scheduled check (``wait``) waits for a running one; a
+        requested one (``wait=False``) gets :class:`CheckBusy` at once."""
+        if not self._check_lock.acquire(blocking=wait):
+            raise CheckBusy(f"the {self._check_running} check is running: one check at a time")
+        try:
+            self._check_running = kind
+            return self._run_check(kind, scheduled_for, publish, settle_s, switch)
+        finally:
+            self._check_running = None
+            self._check_lock.release()
+
+    def _run_check(self, kind: str, scheduled_for: datetime | None, publish: bool, settle_s: float | None,
+                   switch: bool) -> Report:
+        report = self.checks.run(kind, scheduled_for, settle_s, switch=switch)
         if self._stop.is_set():  # its parts were being stopped under it: no report to trust
             raise CheckAborted("the agent is stopping")
         data = report.as_dict()
@@ -258,8 +273,10 @@ class Agent:
         kind = args.get("kind")
         if kind not in ("opening", "closing"):
             raise CommandError("bad-args", "'kind' must be \"opening\" or \"closing\"")
-        try:
-            return self.run_check(kind).as_dict()
+        try:  # a remote check switches relays only where [commands] allow_power = true
+            return self.run_check(kind, switch=self.settings.commands.allow_power, wait=False).as_dict()
+        except CheckBusy as e:
+            raise CommandError("busy", str(e)) from None
         except CheckAborted:
             raise CommandError("failed", "the agent is stopping: the check was cut short") from None
 
@@ -400,8 +417,14 @@ class Agent:
                                                " running with the previous configuration")
             return
         old = self.settings
-        if new.hours != old.hours or new.checks != old.checks or new.hall.timezone != old.hall.timezone:
+        if new.hall.timezone != old.hall.timezone:
+            log.warning("reload: hall.timezone changed (%s -> %s): takes effect after a restart "
+                        "(envelopes, rules and the schedule keep %s until then)", old.hall.timezone,
+                        new.hall.timezone, old.hall.timezone)
+        if new.hours != old.hours or new.checks != old.checks:
             self.apply_calendar(new)
+        if new.checks.require_time_sync != old.checks.require_time_sync:
+            log.warning("reload: checks.require_time_sync takes effect after a restart")
         self.service_status.note("reload", "configuration reloaded")
         others = [k for k in type(new).model_fields if k not in ("hours", "checks")
                   and getattr(new, k) != getattr(old, k)]
@@ -411,9 +434,13 @@ class Agent:
     def apply_calendar(self, new: Settings) -> None:
         """New business hours or checks: the calendar, the rules' idea of "open"
         and the scheduled checks change at once."""
-        self.calendar = BusinessCalendar(new.hours, new.hall.timezone, new.checks.opening_lead_min,
+        tz = self.settings.hall.timezone  # a time zone change needs a restart (everything is in it)
+        self.settings = self.settings.model_copy(update={"hours": new.hours, "checks": new.checks})
+        self.checks.settings = self.settings  # settle_s and the rest of [checks] at the next check
+        self.calendar = BusinessCalendar(new.hours, tz, new.checks.opening_lead_min,
                                          new.checks.closing_delay_min, cache_dir=self.state_dir)
         self.engine.is_open = self.calendar.is_open
+        self.scheduler.grace = timedelta(minutes=new.checks.misfire_grace_min)
         self.scheduler.rebuild(self.calendar)
         self.calendar_tick()  # dates added to [hours] may confirm the coming year
         log.info("business hours and checks rescheduled")

@@ -1,12 +1,19 @@
 """The opening and closing checks (SPEC section 5): one item per thing, each
 ``pass``/``warn``/``fail`` with a detail a person can act on.
 
-Opening: switch on ``power = "auto"`` equipment, wait ``settle_s``, then
-check every sensor (a fresh good read, values plausible), every input (doors
-closed, panic loops normal), every printer (answering, paper not out; near
-end warns), every equipment probe. Closing: doors closed, panic normal,
-``auto`` equipment switched off and verified off where a probe says so.
-The overall result is the worst item's.
+Opening: switch on ``power = "auto"`` equipment, wait ``settle_s`` (only if
+something was actually switched), then check every sensor (a fresh good
+read, values plausible), every input (doors closed, panic loops normal),
+every printer (answering, paper not out; near end warns), every equipment
+probe. Closing: doors closed, panic normal, ``auto`` equipment switched off
+and verified off where a probe says so. The overall result is the worst
+item's.
+
+With ``switch = False`` (a remote check where ``[commands] allow_power`` is
+false) no relay is switched: equipment found off is reported (``warn``)
+instead of switched on, and the report says so (``switched``, ``note``).
+The settle time is measured by the injected sleep (the agent's: cut short
+when it stops); durations never on the wall clock.
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ class Report:
     started_at: str
     finished_at: str = ""
     items: list[Item] = field(default_factory=list)
+    switched: bool = True        # False: relays were left as they were (allow_power = false)
+    note: str | None = None
 
     @property
     def result(self) -> str:
@@ -57,9 +66,12 @@ class Report:
         return [i.id for i in self.items if i.result == "fail"]
 
     def as_dict(self) -> dict:
-        return {"check": self.check, "result": self.result, "scheduled_for": self.scheduled_for,
-                "started_at": self.started_at, "finished_at": self.finished_at,
-                "items": [i.as_dict() for i in self.items]}
+        doc = {"check": self.check, "result": self.result, "scheduled_for": self.scheduled_for,
+               "started_at": self.started_at, "finished_at": self.finished_at,
+               "items": [i.as_dict() for i in self.items], "switched": self.switched}
+        if self.note:
+            doc["note"] = self.note
+        return doc
 
 
 def sensor_item(sensor_id: str, state: dict[str, Any], fresh_s: float, now_mono: float) -> Item:
@@ -120,6 +132,10 @@ class CheckAborted(Exception):
     """The check was cut short because the agent is stopping: it has no report."""
 
 
+class CheckBusy(Exception):
+    """Another check is running: one check at a time."""
+
+
 class CheckRunner:
     """Runs a check against the live agent parts; the agent publishes the report."""
 
@@ -145,15 +161,25 @@ class CheckRunner:
             if left > 0:
                 log.info("%s check: %g s to go", kind, left)
 
-    def run(self, kind: str, scheduled_for: datetime | None = None, settle_s: float | None = None) -> Report:
+    def run(self, kind: str, scheduled_for: datetime | None = None, settle_s: float | None = None,
+            switch: bool = True) -> Report:
         s = self.settings
         report = Report(kind, scheduled_for.isoformat(timespec="seconds") if scheduled_for else None,
                         self.now().isoformat(timespec="milliseconds"))
         auto = [e for e in s.equipment if e.power == "auto" and e.id in self.devices.relays]
-        for e in auto:
-            self.devices.set_power(e.id, kind == "opening")
+        want = "on" if kind == "opening" else "off"
         settle = s.checks.settle_s if settle_s is None else settle_s
-        if kind == "opening" or auto:
+        switched = []
+        if switch:
+            for e in auto:
+                if self.devices.power(e.id) != want:
+                    switched.append(e.id)
+                self.devices.set_power(e.id, kind == "opening", settle_s=settle)
+        elif auto:
+            report.switched = False
+            report.note = (f"equipment not switched {want}: a remote check switches relays only where [commands] "
+                           f"allow_power = true ({', '.join(e.id for e in auto)})")
+        if switched:  # nothing switched: nothing to wait for (a duty manager gets the check in seconds)
             self._settle(kind, settle)
         if kind == "opening":
             for cfg in s.sensors:
@@ -178,6 +204,10 @@ class CheckRunner:
             expect_on = kind == "opening" or (e.power != "auto")
             if kind == "closing" and e.power != "auto":
                 continue  # manual equipment (cameras) is not the closing check's business
+            if not switch and e in auto and self.devices.power(e.id) != want:
+                report.items.append(Item(e.id, "warn", f"switched {self.devices.power(e.id)}, not switched {want} "
+                                                       "(remote check, [commands] allow_power = false)"))
+                continue
             result = self.devices.equipment.probe_now(e.id) if e.probe else None
             report.items.append(equipment_item(e.id, result.reachable if result else None,
                                                result.latency_ms if result else None,

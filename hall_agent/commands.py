@@ -6,7 +6,7 @@ and ``status`` by the agent; ``check``, ``reset`` and ``power`` by later
 parts), each with an optional ``allowed`` switch from ``[commands]``.
 
 Error codes in replies: ``too-large``, ``malformed``, ``unknown-command``,
-``refused``, ``bad-args``, ``failed``.
+``refused``, ``bad-args``, ``failed``, ``busy`` (a check is already running).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import fcntl
 import json
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -55,7 +56,15 @@ def run_check(settings, args) -> int:
                   "or stop it first", file=sys.stderr)
             return EXIT_USAGE
         return remote_check(settings, args)
+    scratch = None
+    if args.no_publish:  # neither the service's outbox nor its state (alerts, done marks) is touched
+        import tempfile
+        scratch = tempfile.TemporaryDirectory(prefix="hall-agent-check-")
+        settings = settings.model_copy(update={"storage": settings.storage.model_copy(
+            update={"dir": Path(scratch.name)})})
     agent = Agent(settings, simulate=args.simulate)
+    if not args.no_publish:
+        agent.alerts.load()  # the active alerts: a passing check clears check-failed
     agent.devices.start()
     agent.sensors.start()
     if not args.no_publish:
@@ -66,9 +75,17 @@ def run_check(settings, args) -> int:
         agent.sensors.stop()
         agent.devices.stop()
         if not args.no_publish:
+            agent.alerts.save(force=True)
+            # a check without a settle wait takes milliseconds: give the link its drain time to connect
+            # (what it cannot send stays in the outbox for the service's next start)
+            deadline = time.monotonic() + settings.mqtt.drain_s
+            while not agent.link.connected and time.monotonic() < deadline:
+                time.sleep(0.05)
             agent.link.stop(settings.mqtt.drain_s)
         agent.outbox.close()
         agent.hardware.close()
+        if scratch is not None:
+            scratch.cleanup()
     return print_report(report.as_dict(), args.json)
 
 

@@ -66,6 +66,10 @@ def test_each_item_kind_failing(agent):
     sim.devices["printer.queue"].set(paper="end")
     sim.equipment_up["kiosk.1"] = False
     sim.equipment_up["display.q"] = False
+    # the inputs' debounce and min_pulse_ms timers have run (the check no longer waits settle_s when
+    # nothing is switched on: the auto kiosk is on already)
+    assert wait_until(lambda: agent.devices.inputs["panic.1"].state == "alarm", 5)
+    assert wait_until(lambda: agent.devices.inputs["door.side"].state == "open", 5)
     report = agent.run_check("opening", publish=False)
     got = items(report)
     assert report.result == "fail"
@@ -172,4 +176,135 @@ def test_cli_check_asks_the_running_agent(broker, tmp_path):
         assert commands and commands[-1]["command"] == "check"  # it went through the agent
     finally:
         agent.kill()
+        rec.close()
+
+
+def test_one_check_at_a_time_a_second_request_is_busy_at_once(tmp_path):
+    """40 check commands do not make 40 checks switching relays: while one runs, the others
+    get `busy` at once (a scheduled check waits for it instead)."""
+    import threading
+    from hall_agent.checks import CheckBusy
+    a = Agent(validate({**HALL, "checks": {"settle_s": 1.0}, "storage": {"dir": str(tmp_path / "state")},
+                        "commands": {"allow_power": True}}), simulate=True)
+    a.devices.start()
+    try:
+        first = threading.Thread(target=a.run_check, args=("opening",), kwargs={"publish": False})
+        first.start()
+        assert wait_until(lambda: a._check_running == "opening", 5)
+        started = time.monotonic()
+        replies = [a.dispatcher.handle(json.dumps({"id": f"c{i}", "command": "check",
+                                                   "args": {"kind": "closing"}}).encode()).reply
+                   for i in range(40)]
+        assert all(not r["ok"] and r["error"]["code"] == "busy" for r in replies), replies[0]
+        assert time.monotonic() - started < 0.9  # at once, not after the running check's settle time
+        with pytest.raises(CheckBusy):
+            a.run_check("closing", publish=False, wait=False)
+        first.join(10)
+        assert a.devices.power("kiosk.1") == "on"  # no closing check switched it off under the opening
+        assert a.run_check("closing", publish=False, wait=False).check == "closing"  # free again
+    finally:
+        a.devices.stop()
+        a.outbox.close()
+        a.hardware.close()
+
+
+def test_a_remote_check_switches_relays_only_where_allow_power(tmp_path):
+    a = Agent(validate({**HALL, "storage": {"dir": str(tmp_path / "state")}}), simulate=True)  # allow_power false
+    a.devices.start()
+    try:
+        a.devices.set_power("kiosk.1", False)  # last night's closing switched it off
+        reply = a.dispatcher.handle(b'{"id":"c1","command":"check","args":{"kind":"opening"}}').reply
+        assert reply["ok"], reply
+        report = reply["result"]
+        CHECK.validate(report)
+        assert a.devices.power("kiosk.1") == "off"  # the relay was not touched
+        assert report["switched"] is False and "allow_power" in report["note"] and "kiosk.1" in report["note"]
+        kiosk = next(i for i in report["items"] if i["id"] == "kiosk.1")
+        assert kiosk["result"] == "warn" and "not switched on" in kiosk["detail"]
+        local = a.run_check("opening", publish=False)  # the scheduled (or local) check switches
+        assert a.devices.power("kiosk.1") == "on" and local.switched
+    finally:
+        a.devices.stop()
+        a.outbox.close()
+        a.hardware.close()
+
+
+def test_equipment_just_switched_on_is_reachable_null_until_probed_after_settle(agent):
+    """Last night's probe (off: unreachable) is not published with power on: no false
+    equipment-unreachable raised and cleared by every opening check."""
+    seen = []
+    agent.devices.listeners.append(lambda kind, source, data: seen.append((source, dict(data)))
+                                   if kind == "equipment" else None)
+    agent.run_check("closing", publish=False)
+    assert agent.devices.equipment.results["kiosk.1"].reachable is False  # off: no answer
+    seen.clear()
+    report = agent.run_check("opening", publish=False)
+    kiosk = [d for s, d in seen if s == "kiosk.1"]
+    assert kiosk[0]["power"] == "on" and kiosk[0]["reachable"] is None
+    assert all(d["reachable"] is not False for d in kiosk)
+    assert items(report)["kiosk.1"][0] == "pass" and kiosk[-1]["reachable"] is True
+    # the background monitor does not probe it while it settles
+    agent.run_check("closing", publish=False)
+    agent.devices.set_power("kiosk.1", True, settle_s=60)
+    assert agent.devices.equipment._probe(agent.devices.equipment.items[0]) is None
+
+
+def test_no_settle_wait_when_nothing_was_switched(tmp_path):
+    slept = []
+    a = Agent(validate({**HALL, "checks": {"settle_s": 20}, "storage": {"dir": str(tmp_path / "state")}}),
+              simulate=True)
+    a.checks.sleep = slept.append
+    a.devices.start()
+    try:
+        a.devices.set_power("kiosk.1", False)
+        a.run_check("opening", publish=False)
+        assert sum(slept) == 20  # kiosk.1 was switched on
+        a.run_check("opening", publish=False)
+        assert sum(slept) == 20  # already on: a check in seconds
+        no_auto = Agent(validate({**HALL, "equipment": HALL["equipment"][1:], "checks": {"settle_s": 20},
+                                  "storage": {"dir": str(tmp_path / "s2")}}), simulate=True)
+        no_auto.checks.sleep = slept.append
+        try:
+            no_auto.run_check("opening", publish=False)
+        finally:
+            no_auto.outbox.close()
+            no_auto.hardware.close()
+        assert sum(slept) == 20
+    finally:
+        a.devices.stop()
+        a.outbox.close()
+        a.hardware.close()
+
+
+def test_no_publish_touches_neither_the_outbox_nor_the_state(tmp_path):
+    state = tmp_path / "s"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[hall]\nid="zg-001"\ncity="zigong"\nbranch="ziliujing"\n[checks]\nsettle_s = 0.2\n'
+                   f'[storage]\ndir="{state}"\n'
+                   '[[inputs]]\nid="door.side"\nkind="door"\npin=17\n')  # contact no: reads open in simulation
+    r = subprocess.run([sys.executable, "-m", "hall_agent", "check", "opening", "-c", str(cfg), "--simulate",
+                        "--no-publish", "--json"], capture_output=True, text=True, timeout=60)
+    assert r.returncode in (0, 1), r.stderr
+    assert not state.exists() or not any(state.iterdir()), list(state.iterdir())
+
+
+def test_a_local_check_that_passes_clears_check_failed(tmp_path, broker):
+    base = "halls/zigong/ziliujing/zg-001"
+    cfg = write_config(tmp_path / "c.toml", broker.port, tmp_path / "state",
+                       "[checks]\nsettle_s = 0.2\n[[inputs]]\nid='door.side'\nkind='door'\npin=17\ncontact='nc'\n")
+    (tmp_path / "state").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "state" / "alerts.json").write_text(json.dumps([{
+        "rule": "check-failed", "source": "opening", "severity": "warning", "category": "internal", "priority": 1,
+        "message": "opening check failed: door.side", "value": 1, "threshold": 0,
+        "raised_at": "2026-11-30T08:00:01.000+08:00"}]))
+    rec = Recorder(broker.port, [f"{base}/#"])
+    try:
+        r = subprocess.run([sys.executable, "-m", "hall_agent", "check", "opening", "-c", str(cfg), "--simulate"],
+                           capture_output=True, text=True, timeout=60,
+                           env={**__import__("os").environ, "HALL_AGENT_SIM_DAY": "0"})
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert rec.wait_for(lambda r: any(p.get("data", {}).get("state") == "cleared"
+                                          for p in r.payloads("/alert/check-failed/opening")), 10)
+        assert json.loads((tmp_path / "state" / "alerts.json").read_text()) == []
+    finally:
         rec.close()

@@ -163,6 +163,14 @@ def test_sighup_reload_reschedules_with_new_hours(tmp_path):
         cfg.write_text(base + '[hours]\nfriday="nonsense"\n')
         agent.reload()  # refused: the running schedule stays
         assert agent.scheduler.jobs() == jobs
+        # [checks] is applied too (it was announced as "rescheduled" and kept the old values)
+        cfg.write_text(base.replace("require_time_sync=false", "require_time_sync=false\nsettle_s=3\n"
+                                    "misfire_grace_min=5\nopening_lead_min=45")
+                       + '[hours]\nholidays=""\nfriday="10:00-16:00"\n')
+        agent.reload()
+        assert agent.checks.settings.checks.settle_s == 3 and agent.settings.checks.misfire_grace_min == 5
+        assert agent.scheduler.grace == timedelta(minutes=5)
+        assert "opening@2026-11-27T09:15:00+08:00" in agent.scheduler.jobs()
     finally:
         agent.scheduler.stop()
         agent.outbox.close()
@@ -230,9 +238,12 @@ def test_stopping_the_agent_cuts_a_running_check_short(tmp_path, broker, caplog)
     settings = validate({"hall": {"id": "zg-001", "city": "zigong", "branch": "ziliujing"},
                          "mqtt": {"host": "127.0.0.1", "port": broker.port, "drain_s": 1},
                          "storage": {"dir": str(tmp_path / "s")}, "hours": {"holidays": ""},
-                         "checks": {"require_time_sync": False, "settle_s": 30}})
+                         "checks": {"require_time_sync": False, "settle_s": 30},
+                         "equipment": [{"id": "kiosk.1", "probe": "tcp://192.168.10.21:80", "relay_pin": 5,
+                                        "power": "auto"}]})
     agent = Agent(settings, simulate=True, clock=FakeClock(datetime(2026, 11, 27, 6, 0, tzinfo=SH)))
     agent.start()
+    agent.devices.set_power("kiosk.1", False)  # switched off last night: the opening switches it on and settles
     planned, _ = plan(CAL, datetime(2026, 11, 27, 6, 0, tzinfo=SH), GRACE, set())
     runner = threading.Thread(target=agent.scheduler._fire, args=(planned[0],))
     runner.start()

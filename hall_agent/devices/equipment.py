@@ -67,6 +67,7 @@ class EquipmentMonitor:
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self.results: dict[str, ProbeResult] = {}
+        self._held: dict[str, float] = {}  # equipment id -> monotonic time its settling ends
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(e,), name=f"probe-{e.id}", daemon=True)
@@ -77,13 +78,24 @@ class EquipmentMonitor:
         for t in self._threads:
             t.start()
 
+    def hold(self, equipment_id: str, settle_s: float) -> None:
+        """Just switched on: forget the previous result and probe it no sooner than
+        ``settle_s`` (monotonic) from now; until then it is ``reachable: null``."""
+        self.results.pop(equipment_id, None)
+        self._held[equipment_id] = time.monotonic() + settle_s
+
     def probe_now(self, equipment_id: str) -> ProbeResult | None:
         for e in self.items:
             if e.id == equipment_id:
-                return self._probe(e)
+                return self._probe(e, force=True)
         return None
 
-    def _probe(self, e) -> ProbeResult:
+    def _probe(self, e, force: bool = False) -> ProbeResult | None:
+        held = self._held.get(e.id)
+        if held is not None:
+            if not force and time.monotonic() < held:
+                return None  # still settling
+            self._held.pop(e.id, None)
         result = self.probe_fn(e.probe, self.timeout_s)
         previous = self.results.get(e.id)
         self.results[e.id] = result

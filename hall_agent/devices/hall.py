@@ -137,8 +137,15 @@ class HallDevices:
         self.set_power(eid, on)
         return {"equipment": eid, "power": self.relays[eid].power}
 
-    def set_power(self, equipment_id: str, on: bool) -> None:
+    def set_power(self, equipment_id: str, on: bool, settle_s: float | None = None) -> None:
+        """Switch a relay. Switched on, the equipment is ``reachable: null`` until its first
+        probe after ``settle_s`` (its probe from before, e.g. last night's, says nothing now,
+        and a device still booting must not raise ``equipment-unreachable``)."""
+        was_on = self.power(equipment_id) == "on"
         self.relays[equipment_id].set(on)
+        if on and not was_on:
+            settle = self.settings.checks.settle_s if settle_s is None else settle_s
+            self.equipment.hold(equipment_id, settle)
         self._publish_equipment(equipment_id, self.equipment.results.get(equipment_id))
 
     def power(self, equipment_id: str) -> str:
