@@ -45,6 +45,9 @@ def test_console_renders_halls_alerts_and_checks(broker, tmp_path):
         b1, b2 = "halls/zigong/ziliujing/zg-001", "halls/zigong/ziliujing/zg-002"
         publish(broker.port, f"{b1}/sim/input/panic.1", "pressed")
         publish(broker.port, f"{b2}/sim/input/door.side", "open")
+        # the panic is latched before the check is asked (a check with nothing to switch on does not wait
+        # settle_s: it reads the inputs at once)
+        assert rec.wait_for(lambda r: r.on(f"{b1}/alert/panic/panic.1"), 15)
         publish(broker.port, f"{b1}/cmd", '{"id":"c","command":"check","args":{"kind":"opening"}}')
         assert rec.wait_for(lambda r: r.on(f"{b1}/alert/panic/panic.1") and r.on(f"{b2}/alert/door-after-hours/door.side")
                             and r.on(f"{b1}/check/opening"), 15)
