@@ -75,7 +75,6 @@ def run_check(settings, args) -> int:
         agent.sensors.stop()
         agent.devices.stop()
         if not args.no_publish:
-            agent.alerts.save(force=True)
             # a check without a settle wait takes milliseconds: give the link its drain time to connect
             # (what it cannot send stays in the outbox for the service's next start)
             deadline = time.monotonic() + settings.mqtt.drain_s

@@ -305,6 +305,12 @@ def test_a_local_check_that_passes_clears_check_failed(tmp_path, broker):
         assert r.returncode == 0, r.stdout + r.stderr
         assert rec.wait_for(lambda r: any(p.get("data", {}).get("state") == "cleared"
                                           for p in r.payloads("/alert/check-failed/opening")), 10)
-        assert json.loads((tmp_path / "state" / "alerts.json").read_text()) == []
+        from hall_agent.alerts import PREFIX
+        from hall_agent.outbox import Outbox
+        box = Outbox(tmp_path / "state" / "outbox.sqlite3")
+        try:
+            assert box.state_items(PREFIX) == {}  # the service's next start does not restore it
+        finally:
+            box.close()
     finally:
         rec.close()
