@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -15,7 +14,7 @@ from typing import Any, Callable
 from . import __version__, health
 from .commands import Dispatcher
 from .config import Settings
-from .envelope import Envelope, Events, Moment
+from .envelope import Envelope, Events, Moment, encode_json
 from .alerts import Alerts
 from .calendar import BusinessCalendar
 from .checks import CheckAborted, CheckBusy, CheckRunner, Report
@@ -293,7 +292,7 @@ class Agent:
 
     def _answer_command(self, msg: Incoming) -> None:
         outcome = self.dispatcher.handle(msg.payload)
-        reply = json.dumps(outcome.reply, ensure_ascii=False, default=str).encode()
+        reply = encode_json(outcome.reply)  # strict JSON: no NaN, no lone surrogate
         self.link.publish_now(f"{self.settings.base_topic}/cmd/reply", reply)
         if msg.response_topic:
             self.link.publish_now(msg.response_topic, reply, correlation_data=msg.correlation_data)

@@ -51,13 +51,27 @@ def parse(payload: bytes) -> Command:
     if len(payload) > MAX_COMMAND_BYTES:
         raise CommandError("too-large", f"command is {len(payload)} bytes; the limit is {MAX_COMMAND_BYTES}")
     try:
-        doc = json.loads(payload.decode("utf-8"))
+        doc = json.loads(payload.decode("utf-8"), parse_constant=_no_constant)
     except UnicodeDecodeError:
         raise CommandError("malformed", "command is not UTF-8 text") from None
+    except CommandError:
+        raise
     except (json.JSONDecodeError, RecursionError) as e:
         raise CommandError("malformed", f"command is not JSON: {getattr(e, 'msg', e)}") from None
+    except ValueError as e:  # an integer of more than 4300 digits (int's string conversion limit)
+        raise CommandError("malformed", f"command is not usable JSON: {e}") from None
     if not isinstance(doc, dict):
         raise CommandError("malformed", "command must be a JSON object")
+    try:
+        bad = _lone_surrogate(doc)
+    except RecursionError:
+        raise CommandError("malformed", "command is nested too deeply") from None
+    if bad is not None:
+        error = CommandError("malformed", f"command contains a lone surrogate ({bad!r} is not Unicode text)")
+        cid = doc.get("id")
+        if isinstance(cid, str) and _lone_surrogate(cid) is None and 0 < len(cid) <= MAX_ID_CHARS:
+            raise _with_id(error, cid)
+        raise error
     cid = doc.get("id")
     if not isinstance(cid, str) or not cid or len(cid) > MAX_ID_CHARS:
         raise CommandError("malformed", f"'id' must be a non-empty string of at most {MAX_ID_CHARS} characters")
@@ -73,6 +87,32 @@ def parse(payload: bytes) -> Command:
     if unknown:
         raise _with_id(CommandError("malformed", f"unknown fields: {', '.join(sorted(unknown))}"), cid)
     return Command(cid, name, args)
+
+
+def _no_constant(name: str):
+    raise CommandError("malformed", f"command is not JSON: {name} is not a JSON number")
+
+
+def _lone_surrogate(value: Any) -> str | None:
+    """The first string (or key) in ``value`` holding a lone surrogate (JSON's "\\ud800"), which
+    cannot be written as UTF-8 (a reply or an audit envelope with it could not be sent)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return value[e.start:e.end]
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = _lone_surrogate(k) or _lone_surrogate(v)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for v in value:
+            found = _lone_surrogate(v)
+            if found:
+                return found
+    return None
 
 
 def _with_id(error: CommandError, cid: str) -> CommandError:
@@ -130,5 +170,8 @@ class Dispatcher:
 
 
 def _small(args: dict[str, Any]) -> dict[str, Any] | str:
-    text = json.dumps(args, default=str)
+    try:
+        text = json.dumps(args, default=str, allow_nan=False)
+    except (ValueError, RecursionError):  # nothing a parsed command holds; kept out of the audit anyway
+        return "<arguments that are not plain JSON>"
     return args if len(text) <= 1024 else f"<{len(text)} bytes of arguments>"

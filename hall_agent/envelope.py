@@ -7,6 +7,7 @@ Pure: no I/O. ``Events`` builds envelopes for one hall; the outbox assigns
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,7 +18,30 @@ if TYPE_CHECKING:
     from .clock import Clock
 
 SCHEMA = 1
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)  # one, not one per call
+# one, not one per call; strict JSON: NaN and Infinity are not JSON (strict parsers reject them)
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str, allow_nan=False)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every non-finite float as null and every string valid Unicode."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_plain(str(k)): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def encode_json(doc: Any) -> bytes:
+    """Strict JSON in UTF-8 for anything we publish: never NaN or Infinity (they become null),
+    never a lone surrogate (replaced by '?'). The common case costs one encode."""
+    try:
+        return _ENCODER.encode(doc).encode("utf-8")
+    except (ValueError, UnicodeEncodeError):
+        return _ENCODER.encode(_plain(doc)).encode("utf-8")
 #: envelope types the outbox may drop when full, in drop order
 DROPPABLE = ("reading", "health")
 
@@ -63,7 +87,7 @@ class Envelope:
         return doc
 
     def encode(self, seq: int) -> bytes:
-        return _ENCODER.encode(self.as_dict(seq)).encode()
+        return encode_json(self.as_dict(seq))
 
 
 SYSTEM = Moment("system", 2)

@@ -72,3 +72,72 @@ def test_property_any_payload_gets_a_well_formed_reply(payload):
     if not reply["ok"]:
         assert reply["error"]["code"] in {"too-large", "malformed", "unknown-command", "refused", "bad-args", "failed"}
         assert isinstance(reply["error"]["message"], str) and reply["error"]["message"]
+
+
+# -- what the JSON grammar lets through but nothing downstream can carry ---------------------------
+
+import math  # noqa: E402
+
+from hall_agent.envelope import Envelope, encode_json  # noqa: E402
+
+
+def test_lone_surrogate_gets_an_error_reply_that_can_be_sent():
+    for payload in (b'{"id":"s1","command":"ping","args":{"x":"\\ud800"}}',
+                    b'{"id":"s1","command":"ping","args":{"\\udfff":1}}',
+                    b'{"id":"s1","command":"p\\ud800ng"}'):
+        out = dispatcher().handle(payload)
+        assert out.reply["ok"] is False and out.reply["error"]["code"] == "malformed"
+        assert out.reply["id"] == "s1" and "surrogate" in out.reply["error"]["message"]
+        encode_json(out.reply).decode("utf-8")  # the reply and the audit are valid UTF-8
+        encode_json(out.audit).decode("utf-8")
+    out = dispatcher().handle(b'{"id":"\\ud800","command":"ping"}')
+    assert out.reply["ok"] is False and out.reply["id"] is None
+    encode_json(out.reply).decode("utf-8")
+
+
+def test_an_integer_of_more_than_4300_digits_gets_an_error_reply():
+    out = dispatcher().handle(b'{"id":"big","command":"ping","args":{"n":' + b"9" * 5000 + b"}}")
+    assert out.reply["ok"] is False and out.reply["error"]["code"] == "malformed"
+    out = dispatcher().handle(b'{"id":"big","command":"ping","args":{"n":' + b"9" * 4000 + b"}}")
+    assert out.reply["ok"] is True  # big, but an integer Python reads
+
+
+def test_nan_and_infinity_are_not_json():
+    for word in (b"NaN", b"Infinity", b"-Infinity"):
+        out = dispatcher().handle(b'{"id":"n","command":"ping","args":{"v":' + word + b"}}")
+        assert out.reply["ok"] is False and out.reply["error"]["code"] == "malformed"
+        assert word.decode().lstrip("-") in out.reply["error"]["message"]
+
+
+def strict_loads(data: bytes):
+    def refuse(name):
+        raise ValueError(f"{name} in output")
+    return json.loads(data.decode("utf-8"), parse_constant=refuse)
+
+
+def test_envelopes_and_replies_are_strict_json_whatever_they_hold():
+    env = Envelope("reading", "s", {"values": {"co2_ppm": math.nan, "t": math.inf, "ok": 1.5},
+                                    "note": "bad \udc80 byte"}, "2026-12-01T08:00:00+08:00", "zg-001")
+    doc = strict_loads(env.encode(7))
+    assert doc["data"]["values"] == {"co2_ppm": None, "t": None, "ok": 1.5}
+    assert doc["data"]["note"] == "bad ? byte" and doc["seq"] == 7
+    assert strict_loads(encode_json({"id": "x", "result": {"v": -math.inf}})) == {"id": "x", "result": {"v": None}}
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.recursive(st.none() | st.booleans() | st.floats() | st.integers() | st.text(),
+                          lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner,
+                                                                                     max_size=4), max_leaves=20))
+def test_any_data_encodes_to_strict_json(value):
+    strict_loads(encode_json({"data": value}))
+
+
+@settings(max_examples=300, deadline=None)
+@given(args=st.recursive(st.none() | st.booleans() | st.floats() | st.integers() | st.text(),
+                         lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner,
+                                                                                    max_size=4), max_leaves=20))
+def test_any_command_gets_a_reply_that_can_be_sent(args):
+    payload = json.dumps({"id": "h", "command": "ping", "args": {"a": args}}).encode()  # NaN as NaN, \\ud800 escaped
+    out = dispatcher().handle(payload)
+    strict_loads(encode_json(out.reply))
+    strict_loads(encode_json(out.audit))
