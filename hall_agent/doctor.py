@@ -1,7 +1,9 @@
 """``hall-agent doctor``: what a field engineer checks first, each problem with its fix.
 
-Exit 1 when anything is wrong. It opens buses and ports briefly: stop the
-service first (``systemctl stop hall-agent``) if a port is busy.
+Exit 1 when anything is wrong. It opens buses and ports briefly, unless the
+agent runs on this machine (it holds the state folder's lock): then the parts
+are the agent's and doctor asks it for its ``status`` over MQTT instead. It
+creates nothing (no state folder, no file).
 """
 
 from __future__ import annotations
@@ -58,23 +60,40 @@ def check_config_file(settings: Settings, path: Path) -> list[Finding]:
     return out
 
 
-def check_sensors(settings: Settings, hardware) -> list[Finding]:
+def check_sensors(settings: Settings, hardware, dev_root: Path = Path("/dev")) -> list[Finding]:
+    """Each bus once; each sensor on a bus that is there. A missing bus (or 1-Wire folder) is
+    one finding naming its sensors, not one per sensor."""
     from .sensors import DRIVERS, SensorError
     out = []
+    unusable: set[str] = set()
     for bus in sorted({s.bus for s in settings.sensors if s.driver in I2C_DRIVERS}):
-        dev = Path(f"/dev/i2c-{bus}")
+        dev = dev_root / f"i2c-{bus}"
+        on_it = [s.id for s in settings.sensors if s.driver in I2C_DRIVERS and s.bus == bus]
+        names = f" ({len(on_it)} sensor{'s' if len(on_it) > 1 else ''} on it not checked: {', '.join(on_it)})"
         if not dev.exists():
-            out.append(Finding(False, f"I2C bus {bus}", f"{dev} missing",
-                               "sudo raspi-config nonint do_i2c 0 (then reboot), or fix sensors[].bus"))
+            out.append(Finding(False, f"I2C bus {bus}", f"{dev} missing{names}",
+                               "enable I2C: sudo raspi-config nonint do_i2c 0 (then reboot), or fix sensors[].bus"))
+            unusable.update(on_it)
         elif not os.access(dev, os.R_OK | os.W_OK):
-            out.append(Finding(False, f"I2C bus {bus}", f"{dev} not accessible",
+            out.append(Finding(False, f"I2C bus {bus}", f"{dev} not accessible{names}",
                                "add the user to the i2c group: sudo usermod -aG i2c $USER"))
+            unusable.update(on_it)
         else:
             out.append(Finding(True, f"I2C bus {bus}", str(dev)))
+    for root in sorted({s.w1_root for s in settings.sensors if s.driver == "ds18b20"}):
+        on_it = [s.id for s in settings.sensors if s.driver == "ds18b20" and s.w1_root == root]
+        if not root.is_dir():
+            out.append(Finding(False, "1-Wire", f"{root} missing ({', '.join(on_it)} not checked)",
+                               "enable 1-Wire: add dtoverlay=w1-gpio to /boot/firmware/config.txt and reboot"))
+            unusable.update(on_it)
     for cfg in settings.sensors:
+        if cfg.id in unusable:
+            continue
         where = (f"bus {cfg.bus} address {cfg.address:#04x}" if cfg.driver in I2C_DRIVERS else
                  cfg.port if cfg.driver in SERIAL_DRIVERS else f"{cfg.w1_root}/{cfg.device}")
-        sensor = DRIVERS[cfg.driver](**hardware.sensor_options(cfg))
+        options = hardware.sensor_options(cfg)
+        options.pop("baseline_file", None)  # doctor reads once: it neither restores nor saves a baseline
+        sensor = DRIVERS[cfg.driver](**options)
         try:
             sensor.start()
             values = sensor.read()
@@ -153,14 +172,98 @@ def check_calendar(settings: Settings, today=None) -> list[Finding]:
 
 
 def check_storage(state_dir: Path) -> list[Finding]:
+    """Whether the agent could write its state folder; creates and writes nothing."""
+    user = _user()
+    if state_dir.is_dir():
+        if os.access(state_dir, os.W_OK | os.X_OK):
+            return [Finding(True, "state folder", str(state_dir))]
+        return [Finding(False, "state folder", f"{state_dir} is not writable by {user}",
+                        f"chown {user} {state_dir} (the service's StateDirectory= does it), or set storage.dir")]
+    if state_dir.exists():
+        return [Finding(False, "state folder", f"{state_dir} is not a folder", "remove it, or set storage.dir")]
+    parent = state_dir.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if os.access(parent, os.W_OK | os.X_OK):
+        return [Finding(True, "state folder", f"{state_dir} does not exist yet; the agent creates it")]
+    return [Finding(False, "state folder", f"{state_dir} does not exist and {parent} is not writable by {user}",
+                    "install with deploy/install.sh (systemd's StateDirectory= creates it), "
+                    "or set storage.dir to a folder of this user")]
+
+
+def _user() -> str:
     try:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        probe = state_dir / ".doctor"
-        probe.write_text("ok")
-        probe.unlink()
-        return [Finding(True, "state folder", str(state_dir))]
-    except OSError as e:
-        return [Finding(False, "state folder", f"{state_dir}: {e}", "create it, owned by the agent's user")]
+        import pwd
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (KeyError, ImportError):
+        return str(os.geteuid())
+
+
+def ask_agent(settings: Settings, command: str = "status", timeout_s: float = 10.0) -> tuple[dict | None, str]:
+    """Send ``command`` to the hall's running agent over MQTT; (result, "") or (None, why not)."""
+    import json as _json
+    import uuid
+    from .link import make_client
+    base = settings.base_topic
+    cid = f"doctor-{uuid.uuid4().hex[:8]}"
+    reply: dict = {}
+    got = threading.Event()
+    client = make_client(settings, f"hall-agent-doctor-{cid}")
+    client.on_connect = lambda c, u, f, rc, p: None if rc.is_failure else c.subscribe(f"{base}/cmd/reply", qos=1)
+    client.on_subscribe = lambda c, u, mid, rc, p: c.publish(
+        f"{base}/cmd", _json.dumps({"id": cid, "command": command, "args": {}}), qos=1)
+
+    def on_message(c, u, msg):
+        try:
+            doc = _json.loads(msg.payload)
+        except ValueError:
+            return
+        if isinstance(doc, dict) and doc.get("id") == cid:
+            reply.update(doc)
+            got.set()
+    client.on_message = on_message
+    try:
+        client.connect(settings.mqtt.host, settings.mqtt.effective_port, 30)
+    except Exception as e:  # noqa: BLE001
+        return None, f"cannot reach the broker to ask it: {e}"
+    client.loop_start()
+    try:
+        if not got.wait(timeout_s):
+            return None, f"it did not answer the {command} command within {timeout_s:g} s"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    if not reply.get("ok"):
+        return None, f"it refused the {command} command: {(reply.get('error') or {}).get('message')}"
+    return reply.get("result") or {}, ""
+
+
+def check_running_agent(settings: Settings, timeout_s: float = 10.0) -> list[Finding]:
+    """The agent owns the buses, ports and pins: ask it how its parts are instead of opening them."""
+    result, why = ask_agent(settings, "status", timeout_s)
+    if result is None:
+        return [Finding(False, "running agent", why, "journalctl -u hall-agent -n 50; systemctl status hall-agent")]
+    out = [Finding(True, "running agent", f"version {result.get('version')}, up {result.get('uptime_s')} s, "
+                   f"{'connected' if result.get('connected') else 'NOT connected'} to the broker, outbox depth "
+                   f"{(result.get('outbox') or {}).get('depth')}")]
+    for sid, st in sorted((result.get("sensors") or {}).items()):
+        st = st if isinstance(st, dict) else {"state": st}
+        ok = st.get("state") == "ok"
+        values = st.get("values") or {}
+        detail = (", ".join(f"{k} {v}" for k, v in values.items()) if ok and isinstance(values, dict)
+                  else f"{st.get('state')}: {st.get('error') or 'no reading yet'}")
+        out.append(Finding(ok, f"sensor {sid}", f"(asked the agent) {detail}",
+                           "" if ok else "check wiring, power and the address/port in the configuration"))
+    for pid, st in sorted((result.get("printers") or {}).items()):
+        ok = isinstance(st, dict) and st.get("online") and st.get("paper") in ("ok", "near_end") \
+            and not st.get("cover_open")
+        out.append(Finding(bool(ok), f"printer {pid}", f"(asked the agent) {_json_text(st)}",
+                           "" if ok else "see the printer's state: paper, cover, cable, power"))
+    return out
+
+
+def _json_text(value) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 def check_broker(settings: Settings, timeout_s: float = 10.0) -> list[Finding]:
@@ -299,14 +402,21 @@ def check_device_permissions(settings: Settings, dev: Path = Path("/dev")) -> li
 def run(settings: Settings, path: str | None) -> int:
     from .agent import storage_dir
     from .hardware import Hardware
+    from .oneshot import agent_running
     state_dir = storage_dir(settings, False)
-    hardware = Hardware(settings, state_dir)
     findings = (check_config_file(settings, config_path(path)) + check_storage(state_dir) + check_clock()
-                + check_calendar(settings)
-                + check_gpio(settings) + check_sensors(settings, hardware) + check_printers(settings)
-                + check_broker(settings) + check_service() + check_service_storage(state_dir)
-                + check_device_permissions(settings))
-    hardware.close()
+                + check_calendar(settings) + check_gpio(settings))
+    if agent_running(state_dir):
+        # the agent owns the parts: no iaq_init to its SGP30, no stop_periodic to its SCD4x, no DLE EOT
+        # on its printer's line; it is asked for its status instead
+        print(f"the agent runs on this machine (it holds {state_dir}/agent.lock): its parts are not touched, "
+              "it is asked for its status")
+        findings += check_broker(settings) + check_running_agent(settings)
+    else:
+        hardware = Hardware(settings, state_dir)
+        findings += check_sensors(settings, hardware) + check_printers(settings) + check_broker(settings)
+        hardware.close()
+    findings += check_service() + check_service_storage(state_dir) + check_device_permissions(settings)
     for f in findings:
         print(f.line())
     problems = sum(not f.ok for f in findings)

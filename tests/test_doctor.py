@@ -19,7 +19,11 @@ def settings(tmp_path, **mqtt):
 
 def test_findings_each_with_a_fix(broker, tmp_path):
     s = settings(tmp_path, port=broker.port)
-    (sensor,) = [f for f in doctor.check_sensors(s, doctor_hardware(s, tmp_path)) if f.what == "sensor env"]
+    fake_dev = tmp_path / "dev"
+    fake_dev.mkdir()
+    (fake_dev / "i2c-9").write_text("")  # the bus "is there": the sensor on it is asked (and does not answer)
+    (sensor,) = [f for f in doctor.check_sensors(s, doctor_hardware(s, tmp_path), dev_root=fake_dev)
+                 if f.what == "sensor env"]
     assert not sensor.ok and "did not acknowledge" in sensor.detail and "wiring" in sensor.fix
     bus = [f for f in doctor.check_sensors(s, doctor_hardware(s, tmp_path)) if f.what == "I2C bus 9"][0]
     assert not bus.ok and "do_i2c" in bus.fix
@@ -59,7 +63,9 @@ def test_cli_exits_1_with_problems(broker, tmp_path):
                    f'port={broker.port}\n[storage]\ndir="{tmp_path / "s"}"\n[[sensors]]\nid="env"\ndriver="sht3x"\nbus=9\n')
     r = subprocess.run([sys.executable, "-m", "hall_agent", "doctor", "-c", str(cfg)], capture_output=True,
                        text=True, timeout=60)
-    assert r.returncode == 1 and "PROBLEM  sensor env" in r.stdout and "ok       broker" in r.stdout
+    assert r.returncode == 1 and "PROBLEM  I2C bus 9: /dev/i2c-9 missing (1 sensor on it not checked: env)" \
+        in r.stdout and "ok       broker" in r.stdout
+    assert "sensor env" not in r.stdout  # the bus is said once, not blamed on each sensor
 
 
 # --- the service under systemd (issue 22: items 2, 4 and 6) ---------------------------------
@@ -109,3 +115,76 @@ def test_a_device_the_service_cannot_open_is_a_permission_problem(tmp_path):
         assert doctor.check_device_permissions(s, dev) == []
     (dev / "i2c-1").chmod(0o666)
     assert doctor.check_device_permissions(s, dev) == []
+
+
+# -- a missing bus once; nothing created; the running agent's parts left alone ---------------------
+
+import select  # noqa: E402
+
+from mqtt_helpers import CLOSED_HOURS, AgentProcess, Recorder  # noqa: E402
+
+
+def test_a_missing_bus_is_said_once_not_blamed_on_every_sensor(tmp_path):
+    s = validate({"hall": {"id": "zg-001", "city": "zigong", "branch": "ziliujing"},
+                  "storage": {"dir": str(tmp_path / "s")},
+                  "sensors": [{"id": "env", "driver": "sht3x", "bus": 9}, {"id": "co2", "driver": "scd4x", "bus": 9},
+                              {"id": "t", "driver": "ds18b20", "device": "28-0316a2791eff",
+                               "w1_root": str(tmp_path / "no-w1")}]})
+    findings = doctor.check_sensors(s, doctor_hardware(s, tmp_path), dev_root=tmp_path)
+    assert [f.what for f in findings] == ["I2C bus 9", "1-Wire"]
+    assert "2 sensors on it not checked: env, co2" in findings[0].detail and "do_i2c" in findings[0].fix
+    assert "w1-gpio" in findings[1].fix and not any(f.ok for f in findings)
+
+
+def test_doctor_creates_nothing(tmp_path, broker):
+    state = tmp_path / "var" / "lib" / "hall-agent"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[hall]\nid="zg-001"\ncity="zigong"\nbranch="ziliujing"\n[mqtt]\nhost="127.0.0.1"\n'
+                   f'port={broker.port}\n[storage]\ndir="{state}"\n'
+                   '[[sensors]]\nid="voc"\ndriver="sgp30"\nbus=9\n')
+    r = subprocess.run([sys.executable, "-m", "hall_agent", "doctor", "-c", str(cfg)], capture_output=True,
+                       text=True, timeout=60)
+    assert "state folder" in r.stdout and "does not exist yet" in r.stdout, r.stdout
+    assert not (tmp_path / "var").exists()  # no state folder made as a side effect
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broker", "c.toml"]
+
+
+def test_doctor_leaves_a_running_agents_parts_alone_and_asks_it(broker, tmp_path):
+    master, slave = os.openpty()  # the printer's line: whatever doctor sends to it arrives here
+    try:
+        line = os.ttyname(slave)
+        extra = CLOSED_HOURS + f'[[printers]]\nid = "printer.queue"\nport = "{line}"\ntimeout_s = 0.3\n' \
+            '[[sensors]]\nid = "env.a"\ndriver = "sht3x"\ninterval_s = 1\n'
+        from mqtt_helpers import write_config
+        cfg = write_config(tmp_path / "c.toml", broker.port, tmp_path / "state", extra)
+
+        def doctor_run():
+            return subprocess.run([sys.executable, "-m", "hall_agent", "doctor", "-c", str(cfg)],
+                                  capture_output=True, text=True, timeout=90)
+
+        def sent() -> bytes:
+            data = b""
+            while select.select([master], [], [], 0.3)[0]:
+                data += os.read(master, 1024)
+            return data
+        # without an agent, doctor asks the printer itself (DLE EOT): the test can see it
+        doctor_run()
+        assert b"\x10\x04" in sent()
+        rec = Recorder(broker.port, ["halls/#"])
+        agent = AgentProcess(cfg, "--simulate").start()  # the simulated agent holds the state folder's lock
+        try:
+            assert rec.wait_for(lambda r: any(p["state"] == "online" for p in r.payloads("/status")), 20)
+            assert rec.wait_for(lambda r: r.on("/telemetry/env.a"), 20)
+            r = doctor_run()
+            assert "the agent runs on this machine" in r.stdout, r.stdout + r.stderr
+            assert sent() == b""  # nothing on the printer's line under the running agent
+            assert "ok       running agent: version" in r.stdout and "connected to the broker" in r.stdout
+            assert "ok       sensor env.a: (asked the agent) temperature_c" in r.stdout
+            assert "printer printer.queue: (asked the agent)" in r.stdout
+            assert any(e.get("data", {}).get("command") == "status" for e in rec.payloads("/event"))
+        finally:
+            assert agent.terminate() == 0
+            rec.close()
+    finally:
+        os.close(master)
+        os.close(slave)
