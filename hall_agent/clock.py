@@ -31,14 +31,20 @@ class Clock(Protocol):
 class SystemClock:
     """The machine's clocks. ``synced`` asks ``sync_probe`` (by default the
     kernel / timesyncd / timedated, see ``scheduler.TimeSync``) and remembers a
-    positive answer: once synchronised, a clock stays usable."""
+    positive answer: once synchronised, a clock stays usable.
+
+    Every envelope asks ``synced()``, alarms included, and the probe may be a
+    subprocess (``timedatectl``, up to 5 s): only the first question waits for
+    the probe; later ones answer at once from the last result while a probe
+    runs in the background, at most every ``probe_every_s``."""
 
     def __init__(self, sync_probe: Callable[[], bool] | None = None, probe_every_s: float = 5.0):
         self._probe = sync_probe
         self._synced = sync_probe is None
         self._lock = threading.Lock()
-        self.probe_every_s = probe_every_s  # every envelope asks: the probe (maybe a subprocess) runs at most this often
+        self.probe_every_s = probe_every_s
         self._probed_at: float | None = None
+        self._probing = False
 
     def time(self) -> float:
         return _time.time()
@@ -46,19 +52,31 @@ class SystemClock:
     def monotonic(self) -> float:
         return _time.monotonic()
 
+    def _ask(self) -> None:
+        try:
+            answer = bool(self._probe())
+        except Exception:  # a probe must never take a caller down
+            answer = False
+        with self._lock:
+            self._synced = self._synced or answer
+            self._probing = False
+
     def synced(self) -> bool:
         if self._synced:
             return True
         with self._lock:
             now = _time.monotonic()
-            recent = self._probed_at is not None and now - self._probed_at < self.probe_every_s
-            if not self._synced and self._probe is not None and not recent:
-                self._probed_at = now
-                try:
-                    self._synced = bool(self._probe())
-                except Exception:  # a probe must never take a caller down
-                    self._synced = False
-            return self._synced
+            due = self._probed_at is None or now - self._probed_at >= self.probe_every_s
+            if self._synced or self._probe is None or self._probing or not due:
+                return self._synced
+            first = self._probed_at is None
+            self._probed_at = now
+            self._probing = True
+        if first:
+            self._ask()
+        else:
+            threading.Thread(target=self._ask, name="clock-sync-probe", daemon=True).start()
+        return self._synced
 
     def now(self, tz: tzinfo | None = None) -> datetime:
         return datetime.fromtimestamp(self.time(), tz or timezone.utc)

@@ -1,8 +1,28 @@
+import os
 import shutil
 
 import pytest
 
 from mqtt_helpers import MOSQUITTO, Broker
+
+
+def pytest_configure(config):
+    """``HALL_AGENT_TEST_NOW`` (ISO 8601): the run's wall clock starts at that moment and
+    ticks on (time-machine; the monotonic clock and sleeps are left alone). The second
+    pass of .ci/run sets it to a date in the next year without an official calendar."""
+    when = os.environ.get("HALL_AGENT_TEST_NOW")
+    if when:
+        from datetime import datetime
+
+        import time_machine
+        traveller = time_machine.travel(datetime.fromisoformat(when), tick=True)
+        traveller.start()
+        config.add_cleanup(traveller.stop)
+
+
+def pytest_report_header(config):
+    when = os.environ.get("HALL_AGENT_TEST_NOW")
+    return f"wall clock faked from {when} (HALL_AGENT_TEST_NOW)" if when else None
 
 
 @pytest.fixture(autouse=True)

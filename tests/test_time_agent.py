@@ -132,3 +132,26 @@ def test_doctor_reports_an_unconfirmed_calendar(tmp_path):
     assert not soon.ok and (until + timedelta(days=1)).isoformat() in soon.detail and "holidays" in soon.fix
     (early,) = check_calendar(s, today=until - timedelta(days=60))
     assert early.ok and until.isoformat() in early.detail
+
+
+def test_the_second_pass_runs_at_the_faked_date_and_locale():
+    """.ci/run's second pass: the wall clock really is the faked date (time-machine) while the
+    monotonic clock and sleeps are real, and the locale is Chinese."""
+    import locale
+    import os
+    import time
+    when = os.environ.get("HALL_AGENT_TEST_NOW")
+    if not when:
+        pytest.skip("HALL_AGENT_TEST_NOW is not set: only .ci/run's second pass fakes the date")
+    target = datetime.fromisoformat(when)
+    assert abs(datetime.now(SH) - target) < timedelta(hours=1)
+    assert abs(time.time() - target.timestamp()) < 3600
+    m0 = time.monotonic()
+    time.sleep(0.05)
+    assert 0.04 < time.monotonic() - m0 < 5
+    if os.environ.get("LC_ALL", "").startswith("zh_CN"):
+        saved = locale.setlocale(locale.LC_ALL)
+        try:
+            assert locale.setlocale(locale.LC_ALL, "").lower().startswith("zh_cn")
+        finally:
+            locale.setlocale(locale.LC_ALL, saved)
