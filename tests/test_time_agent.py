@@ -155,3 +155,25 @@ def test_the_second_pass_runs_at_the_faked_date_and_locale():
             assert locale.setlocale(locale.LC_ALL, "").lower().startswith("zh_cn")
         finally:
             locale.setlocale(locale.LC_ALL, saved)
+
+
+def test_an_ntp_step_in_a_running_agent_raises_nothing(tmp_path, broker, monkeypatch):
+    """A door opened in hours, then NTP steps the Pi's clock 2 h forward: held_open_s is
+    measured on the monotonic clock, so no door-held-open (nor any other alert) follows."""
+    monkeypatch.setenv("HALL_AGENT_SCHEDULE", "0")
+    clock = FakeClock(datetime(2026, 7, 1, 10, 0, tzinfo=SH))  # a Wednesday morning, open
+    agent = Agent(settings(tmp_path, broker.port, hours={"holidays": ""}), simulate=True, clock=clock)
+    agent.start()
+    try:
+        agent.hardware.control_input("door.front", "open", agent.devices)
+        assert wait_until(lambda: agent.devices.inputs["door.front"].state == "open", 5)
+        clock.step(2 * 3600)
+        agent.alerts.feed(agent.engine.tick)
+        clock.step(-3 * 3600)  # and back (to 09:00: still in hours)
+        agent.alerts.feed(agent.engine.tick)
+        assert [k for k in agent.engine.active if k[0].startswith("door")] == []
+        clock.advance(120)  # two real minutes: now it has been held open
+        agent.alerts.feed(agent.engine.tick)
+        assert ("door-held-open", "door.front") in agent.engine.active
+    finally:
+        agent.stop()
