@@ -144,6 +144,11 @@ class Events:
         routes = (Publication(self.topic(f"state/{source}"), 1, True), self._audit())
         return self._make("state", source, data, severity, moment or ROUTINE_STATE, routes)
 
+    def maintenance(self, windows: list[dict[str, Any]]) -> Envelope:
+        """The running maintenance windows, retained on ``maintenance`` (SPEC section 3)."""
+        routes = (Publication(self.topic("maintenance"), 1, True), self._audit())
+        return self._make("state", "maintenance", {"windows": windows}, "info", ROUTINE_STATE, routes)
+
     def alert(self, rule: str, source: str, data: dict[str, Any], severity: str, moment: Moment,
               retain: bool = True) -> Envelope:
         routes = (Publication(self.topic(f"alert/{rule}/{source}"), 1, retain), self._audit())
