@@ -92,6 +92,9 @@ class Agent:
                                   clock=self.clock)
         self.alerts = Alerts(self.engine, self.events, self.emit, self.outbox, self.state_dir / "alerts.json",
                              self._now)
+        from .alarms.service import AlarmService
+        self.alarms = AlarmService(settings, self.alerts, self.events, self.emit, self.state_dir / "alarms.json",
+                                   self.clock, held=self._panics_held)
         self.devices.listeners.append(self._on_device)
         self.checks = CheckRunner(settings, self.devices, self.sensors, self._now, sleep=self._check_sleep,
                                   clock=self.clock)
@@ -110,7 +113,8 @@ class Agent:
         self.link.subscribe("cmd", self._on_command)
         self.restart_reason: str | None = None
         self.status_providers: dict[str, Callable[[], Any]] = {
-            "sensors": self._sensor_status, "inputs": self.devices.input_states, "alerts": self.alerts.active,
+            "sensors": self._sensor_status, "inputs": self.devices.input_states, "alerts": self.alarms.active,
+            "alarms": self.alarms.status,
             "printers": self.devices.printer_states, "equipment": lambda: dict(self.devices.equipment_state),
             "checks": lambda: {k: v["result"] for k, v in self.last_checks.items()},
         }
@@ -127,6 +131,7 @@ class Agent:
                    refusal="reset is disabled on this hall ([commands] allow_reset = false)")
         d.register("power", self.devices.power_command, allowed=lambda: s.commands.allow_power,
                    refusal="power is disabled on this hall ([commands] allow_power = false)")
+        self.alarms.register(d)
         return d
 
     # -- sensors ------------------------------------------------------------------
@@ -174,9 +179,14 @@ class Agent:
             required = next((c.required for c in self.settings.equipment if c.id == source), True)
             self.alerts.feed(lambda now: self.engine.equipment(source, data, now, required))
 
+    def _panics_held(self) -> set[str]:
+        """Panic buttons pressed (or loops open) right now: a drill's report tells them apart."""
+        return {i for i, w in self.devices.inputs.items() if w.latch is not None and w.latch.pressed}
+
     def _restore_alerts(self) -> None:
         """Alerts active before a restart stay active (not raised again); a latched
         panic stays latched; alerts of parts no longer configured are cleared."""
+        self.alarms.load()
         self.alerts.load()
         for rule, source in list(self.engine.active):
             if rule == "panic" and source in self.devices.inputs:
@@ -186,6 +196,7 @@ class Agent:
         s = self.settings
         known = {x.id for x in (*s.sensors, *s.inputs, *s.printers, *s.equipment)} | {"opening", "closing", "outbox"}
         known |= {CLOCK_SOURCE, CALENDAR_SOURCE}  # the agent's own alerts (clock-unsynced, calendar-unconfirmed)
+        self.alarms.reconcile(self.engine.active, known)
         self.alerts.feed(lambda now: self.engine.forget_sources(known, now))
         if self.engine.active:
             log.info("restored %d active alert(s): %s", len(self.engine.active),
@@ -363,6 +374,7 @@ class Agent:
                 if calendar_at is None or self.clock.monotonic() - calendar_at >= 60:
                     calendar_at = self.clock.monotonic()
                     self.calendar_tick()
+                self.alarms.tick()
             except Exception:
                 log.exception("rules tick failed")
 
@@ -497,6 +509,7 @@ class Agent:
         self._step("stop the scheduler", self.scheduler.stop)
         self._step("stop the sensors", self.sensors.stop)
         self._step("stop the devices", self.devices.stop)
+        self._step("save the alarm handling", self.alarms.save)
         drained = self._step("stop the MQTT link", lambda: self.link.stop(self.settings.mqtt.drain_s))
         if drained is False:
             log.warning("stopped with %d messages still in the outbox; they are sent on the next start",

@@ -32,6 +32,11 @@ def state_key(rule: str, source: str) -> str:
     return f"{PREFIX}{rule}/{source}"
 
 
+def _state(alert) -> str:
+    """What the engine restores: the alert's own fields (its handling lives in alarms.json)."""
+    return json.dumps({k: v for k, v in asdict(alert).items() if k != "handling"}, ensure_ascii=False, default=str)
+
+
 class Alerts:
     def __init__(self, engine: RulesEngine, events: Events, emit: Callable[..., int | None], outbox: Outbox,
                  path: Path, now: Callable[[], datetime]):
@@ -43,6 +48,10 @@ class Alerts:
         self.now = now
         self.lock = threading.RLock()
         self.problems: list[str] = []  # damaged state met while loading (the agent reports them)
+        #: alarm handling (hall_agent/alarms): turns the rules' changes into what is published
+        self.hook: Callable[[list[AlertChange]], list[AlertChange]] | None = None
+        self.unhook: Callable[[list[AlertChange]], None] | None = None  # takes back what could not be emitted
+        self.retained_alerts: Callable[[], list[AlertChange]] | None = None  # what republish() sends
 
     def load(self) -> list[dict]:
         """Active alerts from before a restart (not raised again)."""
@@ -96,12 +105,22 @@ class Alerts:
         a change that could not be emitted is undone in the engine (it is tried again)."""
         with self.lock:
             changes = call(self.now())
-            for i, change in enumerate(changes):
+            outs = self.hook(changes) if self.hook is not None else changes
+            for i, change in enumerate(outs):
                 try:
                     self.publish(change)
                 except Exception as e:
-                    for later in reversed(changes[i:]):
-                        self.engine.undo(later)
+                    failed = outs[i:]
+                    if self.hook is None:
+                        undo = failed
+                    else:  # the engine's own changes behind what failed; the hook takes back its part
+                        keys = {c.alert.key for c in failed}
+                        undo = [c for c in changes if c.alert.key in keys]
+                        if self.unhook is not None:
+                            self.unhook(failed)
+                    for later in reversed(undo):
+                        if type(later) is AlertChange:
+                            self.engine.undo(later)
                     log.error("alert %s/%s could not be emitted (%s): not recorded", change.alert.rule,
                               change.alert.source, e)
                     if not isinstance(e, RuntimeError):
@@ -114,7 +133,7 @@ class Alerts:
         key = state_key(a.rule, a.source)
         if change.active:
             self.emit(self.events.alert(a.rule, a.source, a.data("active"), a.severity, moment),
-                      state={key: json.dumps(asdict(a), ensure_ascii=False, default=str)})
+                      state={key: _state(a)})
             log.warning("alert %s/%s raised: %s", a.rule, a.source, a.message)  # after: off the alarm path
         else:
             self.emit(self.events.alert(a.rule, a.source, a.data("cleared"), "info", moment, retain=False),
@@ -126,11 +145,14 @@ class Alerts:
     def republish(self) -> None:
         """Every active alert again (after its retained topic or its state may be lost)."""
         with self.lock:
+            if self.retained_alerts is not None:  # with their handling (hall_agent/alarms)
+                for change in self.retained_alerts():
+                    self.publish(change)
+                return
             for alert in list(self.engine.active.values()):
                 m = Moment(alert.category, alert.priority)
                 self.emit(self.events.alert(alert.rule, alert.source, alert.data("active"), alert.severity, m),
-                          state={state_key(alert.rule, alert.source):
-                                 json.dumps(asdict(alert), ensure_ascii=False, default=str)})
+                          state={state_key(alert.rule, alert.source): _state(alert)})
 
     def active(self) -> list[dict]:
         with self.lock:

@@ -6,7 +6,8 @@ and ``status`` by the agent; ``check``, ``reset`` and ``power`` by later
 parts), each with an optional ``allowed`` switch from ``[commands]``.
 
 Error codes in replies: ``too-large``, ``malformed``, ``unknown-command``,
-``refused``, ``bad-args``, ``failed``, ``busy`` (a check is already running).
+``refused``, ``bad-args``, ``failed``, ``busy`` (a check or a drill is already running);
+alarm handling adds ``not-found`` and ``conflict``.
 """
 
 from __future__ import annotations

@@ -568,7 +568,23 @@ class AlarmBook:
 
     def _close(self, e: Entry) -> Handled:
         self.entries.pop(e.key, None)
+        self._closed[e.key] = e
         return self._publish(e, False)
+
+    def undo(self, outputs: Iterable[Output]) -> None:
+        """These could not be published: a fresh raise is forgotten (the rules raise it again), a
+        clear is taken back (the alert stays active); a republication stays due (``published``)."""
+        for o in outputs:
+            if not isinstance(o, Handled):
+                continue
+            key = o.alert.key
+            e = self.entries.get(key)
+            if o.active and e is not None and o.version == 1:
+                del self.entries[key]
+            elif not o.active and e is None and key in self._closed:
+                e = self._closed.pop(key)
+                e.alert.cleared_at = None
+                self.entries[key] = e
 
     def mark_published(self, outputs: Iterable[Output]) -> None:
         """The publisher has these: a restart need not republish them."""

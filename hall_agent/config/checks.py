@@ -41,6 +41,7 @@ def cross_checks(s: Settings) -> list[Problem]:
     problems += _references(s)
     problems += _mqtt(s)
     problems += _parts(s)
+    problems += _maintenance(s)
     overlap = set(s.profile.summer_months) & set(s.profile.winter_months)
     if overlap:
         problems.append(("profile.winter_months",
@@ -293,4 +294,25 @@ def limits(s: Settings) -> list[Problem]:
                     why = "no disk is that large" if suffix == "_mb" else "a timer cannot run that long"
                     problems.append((path, f"{node:g} {unit} is more than {words} ({most:g} {unit}): {why}"))
     walk(s, "")
+    return problems
+
+
+#: alert rules the agent raises itself (besides the profile's and ``[[rules]]``)
+OWN_RULES = ("storage-failed", "publish-refused", "subscribe-refused", "gpio-unavailable", "clock-unsynced",
+             "calendar-unconfirmed", "certificate-expiring", "drill-due")
+
+
+def _maintenance(s: Settings) -> list[Problem]:
+    """A scheduled window naming a rule or a part that does not exist would never apply: refused."""
+    from ..rules.profile import FIXED, gbt18883, Seasons
+    rules = set(FIXED) | set(OWN_RULES) | {r.id for r in gbt18883(Seasons())} | {r.id for r in s.rules}
+    parts = {x.id for x in (*s.sensors, *s.inputs, *s.printers, *s.equipment)} | {"opening", "closing"}
+    problems = []
+    for i, w in enumerate(s.maintenance):
+        if w.rule != "*" and w.rule not in rules:
+            problems.append((f"maintenance[{i}].rule", f"{w.rule!r} is not an alert rule of this hall "
+                                                       f"(or \"*\" for every rule but panic)"))
+        if w.source != "*" and w.source not in parts:
+            problems.append((f"maintenance[{i}].source", f"{w.source!r} is not a sensor, input, printer or "
+                                                         f"equipment id (or \"*\")"))
     return problems

@@ -212,6 +212,7 @@ class ChecksSection(Section):
 class CommandsSection(Section):
     allow_reset: bool = False
     allow_power: bool = False
+    allow_ack: bool = True
     allow_credentials: bool = False  # the credentials command (password / client certificate rotation)
 
 
@@ -220,6 +221,67 @@ class FleetSection(Section):
     # after applying a desired configuration: back to the previous file if `online`
     # is not published within this many seconds (keep it well above a reconnect's time)
     revert_after_s: float = Field(default=300.0, ge=1, le=86400)
+
+
+class AlertsSection(Section):
+    """Alarm handling (SPEC section 4, docs/alerts.md)."""
+    escalate_branch_s: float = Field(default=120.0, gt=0)
+    escalate_city_s: float = Field(default=900.0, gt=0)
+    flap_count: int = Field(default=4, ge=2)
+    flap_window_s: float = Field(default=600.0, gt=0)
+    drill_due_days: float = Field(default=90.0, gt=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> "AlertsSection":
+        if self.escalate_city_s <= self.escalate_branch_s:
+            raise ValueError(f"escalate_city_s ({self.escalate_city_s:g}) must be later than escalate_branch_s "
+                             f"({self.escalate_branch_s:g})")
+        return self
+
+
+def parse_clock(value: Any) -> time:
+    """``"18:00"`` -> 18:00."""
+    if isinstance(value, time):
+        return value
+    match = re.fullmatch(r"(\d{1,2}):(\d{2})", value.strip()) if isinstance(value, str) else None
+    if not match or int(match[1]) > 23 or int(match[2]) > 59:
+        raise ValueError(f"{value!r} is not a time of day such as \"18:00\"")
+    return time(int(match[1]), int(match[2]))
+
+
+class MaintenanceConfig(Section):
+    """A scheduled maintenance window (``[[maintenance]]``): the cleaners' nightly hour."""
+    model_config = ConfigDict(extra="forbid", validate_default=True, populate_by_name=True)
+
+    rule: str
+    source: str = "*"
+    weekdays: list[Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]] = \
+        list(WEEKDAYS)
+    from_: time = Field(alias="from")
+    to: time
+    reason: str = Field(min_length=1, max_length=200)
+
+    _times = field_validator("from_", "to", mode="before")(parse_clock)
+
+    @field_validator("rule")
+    @classmethod
+    def _rule(cls, value: str) -> str:
+        if value == "panic":
+            raise ValueError("panic alarms can never be suppressed: no maintenance window may name 'panic'")
+        return value if value == "*" else check_id(value)
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        return value if value == "*" else check_id(value)
+
+    @model_validator(mode="after")
+    def _span(self) -> "MaintenanceConfig":
+        if self.from_ == self.to:
+            raise ValueError("from and to are the same time: the window would be empty")
+        if not self.weekdays:
+            raise ValueError("weekdays is empty: the window would never run")
+        return self
 
 
 class ProfileSection(Section):
@@ -402,6 +464,8 @@ class Settings(BaseSettings):
     hours: HoursSection = HoursSection()
     checks: ChecksSection = ChecksSection()
     commands: CommandsSection = CommandsSection()
+    alerts: AlertsSection = AlertsSection()
+    maintenance: list[MaintenanceConfig] = []
     profile: ProfileSection = ProfileSection()
     homeassistant: HomeAssistantSection = HomeAssistantSection()
     fleet: FleetSection = FleetSection()
