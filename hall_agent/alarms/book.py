@@ -233,6 +233,7 @@ class AlarmBook:
         self.last_tested: dict[str, str] = {}                    # panic input -> wall ISO of its last pass
         self.first_seen: dict[str, str] = {}                     # panic input -> wall ISO first known
         self.last_report: dict[str, Any] | None = None
+        self.published_windows: list[dict[str, Any]] = []       # the last list handed to the publisher
         self.synced = True
 
     # -- reading ----------------------------------------------------------------------------
@@ -589,6 +590,8 @@ class AlarmBook:
     def mark_published(self, outputs: Iterable[Output]) -> None:
         """The publisher has these: a restart need not republish them."""
         for o in outputs:
+            if isinstance(o, MaintenanceList):
+                self.published_windows = o.windows
             if isinstance(o, Handled) and o.active:
                 e = self.entries.get(o.alert.key)
                 if e is not None and e.alert.raised_at == o.alert.raised_at:
@@ -615,7 +618,7 @@ class AlarmBook:
             "skipped": {str(i): u for i, u in self.skipped.items()},
             "scheduled_on": {str(i): u for i, u in self.scheduled_on.items()},
             "drill": drill, "last_tested": self.last_tested, "first_seen": self.first_seen,
-            "last_report": self.last_report,
+            "last_report": self.last_report, "published_windows": self.published_windows,
         }
 
     def restore(self, doc: dict[str, Any], mono: float, wall: datetime, synced: bool = True) -> None:
@@ -664,6 +667,7 @@ class AlarmBook:
         self.last_tested = dict(doc.get("last_tested", {}))
         self.first_seen = dict(doc.get("first_seen", {}))
         self.last_report = doc.get("last_report")
+        self.published_windows = list(doc.get("published_windows", []))
 
     def reconcile(self, engine_active: dict[tuple[str, str], Alert], known_sources: set[str] | None,
                   mono: float, wall: datetime) -> list[Output]:

@@ -141,8 +141,9 @@ class AlarmService:
         def run(mono, wall):
             self.book.synced = self.clock.synced()
             outs = self.book.reconcile(dict(engine_active), known_sources, mono, wall)
-            if not any(isinstance(o, MaintenanceList) for o in outs):
-                outs.append(MaintenanceList(self.book.window_list()))
+            if not any(isinstance(o, MaintenanceList) for o in outs) and \
+                    self.book.window_list() != self.book.published_windows:
+                outs.append(MaintenanceList(self.book.window_list()))  # changed while the agent was down
             return outs
         self._run(run)
 
