@@ -248,8 +248,7 @@ def test_escalation_and_a_scheduled_window_on_an_injected_clock_across_a_restart
     hall = Hall(broker, rec)
 
     def start():
-        agent = Agent(settings, simulate=True)
-        agent.alarms.clock = clock  # the alarm book's timers run on the test's clock
+        agent = Agent(settings, simulate=True, clock=clock)  # every timer of the agent on the test's clock
         agent.start()
         assert wait_until(lambda: agent.link.connected, 10)
         return agent
