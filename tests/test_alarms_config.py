@@ -82,7 +82,7 @@ reason = "x"
     assert "maintenance[0].rule: panic alarms can never be suppressed: no maintenance window may name " \
            "'panic'" in ps
     assert "maintenance[1].from: '25:00' is not a time of day such as \"18:00\"" in ps
-    assert any(p.startswith("alerts.flap_count: Input should be greater than or equal to 2") for p in ps)
+    assert "alerts.flap_count: must be at least 2 (got 1)" in ps
     assert any(p.startswith("maintenance[2]: from and to are the same time") for p in ps)
 
 

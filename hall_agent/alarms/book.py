@@ -234,6 +234,7 @@ class AlarmBook:
         self.first_seen: dict[str, str] = {}                     # panic input -> wall ISO first known
         self.last_report: dict[str, Any] | None = None
         self.published_windows: list[dict[str, Any]] = []       # the last list handed to the publisher
+        self._closed: dict[tuple[str, str], Entry] = {}          # the last closed entry of each key (undo)
         self.synced = True
 
     # -- reading ----------------------------------------------------------------------------
