@@ -214,13 +214,23 @@ class Link:
     def _net(self) -> None:
         socket_up = False
         failures = 0
+        opened = 0.0
+        m = self.settings.mqtt
         while not self._stopping.is_set():
             self.heartbeat = time.monotonic()
+            if socket_up and not self._connected.is_set() and time.monotonic() - opened > m.keepalive_s:
+                # TCP accepted, CONNECT sent, no CONNACK: a TLS port spoken to in plain MQTT, or the reverse
+                log.warning("no CONNACK from %s:%s within %s s: is it a TLS port? tls = %s; retrying",
+                            m.host, m.effective_port, m.keepalive_s, str(m.tls).lower())
+                socket_up = False  # the next connect (reconnect) closes this socket
+                self._backoff()
+                continue
             if not socket_up:
                 try:
                     with self._io_lock:
                         self._connect_once()
                     socket_up = True
+                    opened = time.monotonic()
                 except (OSError, ValueError, ssl.SSLError) as e:
                     failures += 1
                     if failures == 1 or failures % 20 == 0:
