@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     watch.add_argument("--once", action="store_true",
                        help="draw the board once and exit (1 if the broker could not be read)")
     watch.add_argument("--no-bell", action="store_true", help="no terminal bell on a new critical alert")
+    watch.add_argument("--operator", metavar="ID", help="your staff id: the a key acknowledges the first "
+                                                        "unacknowledged alert as ID")
     watch.add_argument("--seconds", type=float, help=argparse.SUPPRESS)  # bounded run, for tests
     return p
 
@@ -157,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         return agent.run()
     if args.command == "watch":
         from . import watch
-        return watch.run(settings, args.scope, seconds=args.seconds, once=args.once, bell=not args.no_bell)
+        return watch.run(settings, args.scope, seconds=args.seconds, once=args.once, bell=not args.no_bell,
+                         operator=args.operator)
     if args.command == "doctor":
         from . import doctor
         return doctor.run(settings, args.config)

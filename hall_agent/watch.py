@@ -42,7 +42,9 @@ RULE = {
     "temperature-low": "温度过低 temperature low", "humidity-high": "湿度过高 humidity high",
     "humidity-low": "湿度过低 humidity low", "co2-high": "二氧化碳超标 CO2 high", "pm25-high": "PM2.5超标 PM2.5 high",
     "pm10-high": "PM10超标 PM10 high", "tvoc-high": "TVOC超标 TVOC high", "hcho-high": "甲醛超标 formaldehyde high",
+    "drill-due": "应进行演练 drill due",
 }
+ESCALATION = {"branch": "已上报分公司 ESCALATED branch", "city": "已上报市公司 ESCALATED city"}
 RESULT = {"pass": "通过 pass", "warn": "警告 warn", "fail": "未通过 FAIL"}
 #: how long a hall's ``health`` may be silent, in health intervals, before the hall is shown as silent
 HEALTH_MISSED = 3
@@ -178,7 +180,10 @@ class Board:
             moment = doc.get("moment") if isinstance(doc.get("moment"), dict) else {}
             priority = moment.get("priority")
             raised = _parse(_data(doc).get("raised_at")) or _parse(doc.get("ts"))
-            return (0 if on_top(rule) else 1, SEVERITY_RANK.get(doc.get("severity"), 3),
+            data = _data(doc)
+            # a console ranks down what a maintenance window covers (never a panic: the agent never marks one)
+            return (1 if data.get("suppressed") else 0, 0 if on_top(rule) else 1,
+                    SEVERITY_RANK.get(doc.get("severity"), 3),
                     priority if isinstance(priority, int) else 9,
                     -(raised.timestamp() if raised else float("-inf")), item[0])
         return sorted(self.alerts.items(), key=key)
@@ -254,13 +259,23 @@ class Board:
         name = f" {hall.name}" if hall and hall.name else ""
         severity = str(doc.get("severity", ""))
         flags = "" if live else f"  {stale_age}".rstrip()
-        if data.get("acknowledged_by"):
-            flags += f"  已确认 ack {data['acknowledged_by']}"
+        flags += handling_flags(data, now)
         text = (f"  {PRIORITY.get(moment.get('priority'), '?'):>3} {severity:8} {_short(base)}{name}  "
                 f"{RULE.get(rule, rule)} [{source}]  {when}{flags}  "
                 f"{CATEGORY.get(moment.get('category'), moment.get('category') or '')}: {data.get('message', '')}")
         style = "alarm" if on_top(rule) or severity == "critical" else ("warn" if severity == "warning" else "")
+        if data.get("suppressed") or data.get("drill") or data.get("acknowledged_by"):
+            style = "" if style == "alarm" else style  # being handled: no longer shouting
+        if data.get("suppressed"):
+            style = "dim"
         return _fit(text, width), style if live else ("dim" if not style else style)
+
+    def ack_target(self) -> tuple[str, str, str] | None:
+        """The alert ``a`` acknowledges: the first one on screen that nobody has acknowledged."""
+        for key, doc in self.ordered_alerts():
+            if not _data(doc).get("acknowledged_by") and _data(doc).get("state", "active") == "active":
+                return key
+        return None
 
     def _hall_problem(self, hall: Hall, now: datetime) -> str:
         if hall.state == "offline":
@@ -291,6 +306,30 @@ class Board:
         text = f"  {_short(hall.base)}{name}  {state}{stale} | {checks}"
         style = "bad" if problem or not hall.clock_synced else ""
         return _fit(text, width), style if live else "dim"
+
+
+def handling_flags(data: dict, now: datetime) -> str:
+    """An alert's handling (docs/alerts.md): drill, escalation, acknowledgement, window, flapping."""
+    flags = ""
+    if data.get("drill"):
+        flags += "  演练 DRILL (no police)"
+    if data.get("escalation") in ESCALATION:
+        flags += f"  {ESCALATION[data['escalation']]}"
+    if data.get("acknowledged_by"):
+        when = _parse(data.get("acknowledged_at"))
+        flags += f"  已确认 ack {data['acknowledged_by']}" + (f" {_clock(when, now)}" if when else "")
+        if data.get("note"):
+            flags += f" \"{data['note']}\""
+    elif data.get("escalation"):
+        flags += "  未确认 unacknowledged"
+    suppressed = data.get("suppressed")
+    if isinstance(suppressed, dict):
+        until = _parse(suppressed.get("until"))
+        flags += f"  维护中 suppressed ({suppressed.get('reason', '')}" + \
+            (f", until {_clock(until, now)})" if until else ")")
+    if data.get("flapping"):
+        flags += "  抖动 flapping"
+    return flags
 
 
 def _cut(rows: list[tuple[str, str]], budget: int, what: str) -> list[tuple[str, str]]:
@@ -448,9 +487,12 @@ class Console:
 
     min_delay, max_delay = 1.0, 30.0
 
-    def __init__(self, settings, scope: str | None, clock: Clock = SYSTEM):
+    def __init__(self, settings, scope: str | None, clock: Clock = SYSTEM, operator: str | None = None):
         self.settings = settings
         self.clock = clock
+        self.operator = operator
+        self.acks = 0
+        self.status = ""  # the last key's outcome, under the board
         self.filters = topic_filters(settings.mqtt.topic_root, scope)
         m = settings.mqtt
         self.conn = Connection(m.host, m.effective_port, m.username)
@@ -579,10 +621,40 @@ class Console:
 
     def screen(self, width: int, height: int | None, color: bool) -> str:
         with self.lock:
-            lines = self.board.render_lines(self.conn, self._now(), width, height, self.loaded())
+            lines = self.board.render_lines(self.conn, self._now(), width, None if height is None else
+                                            max(height - 1, 1), self.loaded())
+            hint = ("a = 确认 acknowledge the first unacknowledged alert as " + self.operator) if self.operator \
+                else "--operator ID: acknowledge with a"
+            lines = lines + [(_fit(self.status or hint, width), "dim")]
         if not color:
             return "\n".join(text for text, _ in lines)
         return "\n".join(f"{STYLES[s]}{t}\033[0m" if s in STYLES else t for t, s in lines)
+
+    def acknowledge(self, operator: str | None) -> str:
+        """The ``a`` key: acknowledge the first unacknowledged alert on screen as ``operator``
+        (command ``ack`` on its hall's ``cmd``); returns what the status line says."""
+        if not operator:
+            return "按 a 确认需要 --operator ID (to acknowledge, start watch with --operator ID)"
+        with self.lock:
+            if not self.conn.connected:
+                return "未连接 not connected: cannot acknowledge"
+            key = self.board.ack_target()
+        if key is None:
+            return "没有未确认的告警 no unacknowledged alert"
+        base, rule, source = key
+        self.acks += 1
+        request = {"id": f"watch-{os.getpid()}-{self.acks}", "command": "ack",
+                   "args": {"alert": f"{rule}/{source}", "by": operator, "note": "acknowledged in hall-agent watch"}}
+        self.client.publish(f"{base}/cmd", json.dumps(request), qos=1)
+        return f"已发送确认 ack sent: {_short(base)} {rule}/{source} by {operator}"
+
+    def key(self, ch: str) -> None:
+        """One key pressed in the interactive console."""
+        if ch in ("a", "A"):
+            message = self.acknowledge(self.operator)
+            with self.lock:
+                self.status = message
+            self.changed.set()
 
     def take_bell(self) -> bool:
         with self.lock:
@@ -590,8 +662,37 @@ class Console:
         return ring
 
 
+class Keys:
+    """Single key presses from the terminal (cbreak mode, restored on exit); nothing without a tty."""
+
+    def __init__(self, stream=None):
+        self.stream = stream if stream is not None else sys.stdin
+        self.saved = None
+        try:
+            if self.stream.isatty():
+                import termios
+                import tty as _tty
+                self.saved = termios.tcgetattr(self.stream.fileno())
+                _tty.setcbreak(self.stream.fileno())
+        except (OSError, ValueError, ImportError, AttributeError):
+            self.saved = None
+
+    def read(self, timeout: float) -> str | None:
+        if self.saved is None:
+            return None
+        import select
+        ready, _, _ = select.select([self.stream], [], [], timeout)
+        return os.read(self.stream.fileno(), 1).decode(errors="replace") if ready else None
+
+    def close(self) -> None:
+        if self.saved is not None:
+            import termios
+            termios.tcsetattr(self.stream.fileno(), termios.TCSADRAIN, self.saved)
+            self.saved = None
+
+
 def run(settings, scope: str | None, out=None, seconds: float | None = None, once: bool = False,
-        bell: bool = True, color: bool | None = None, clock: Clock = SYSTEM) -> int:
+        bell: bool = True, color: bool | None = None, clock: Clock = SYSTEM, operator: str | None = None) -> int:
     """Exit codes: 0 ok; 1 not connected (``--once``, or a non-interactive run, on an error);
     2 an invalid ``--scope`` (before connecting) or an unusable ``[mqtt]`` section."""
     out = out or sys.stdout
@@ -602,7 +703,7 @@ def run(settings, scope: str | None, out=None, seconds: float | None = None, onc
         print(f"watch: {e}", file=err)
         return EXIT_USAGE
     try:
-        console = Console(settings, scope, clock)
+        console = Console(settings, scope, clock, operator)
     except (OSError, ValueError) as e:  # an unreadable CA, certificate, key or password file
         print(f"watch: cannot set up the MQTT connection: {e}", file=err)
         return EXIT_USAGE
@@ -637,8 +738,13 @@ def run(settings, scope: str | None, out=None, seconds: float | None = None, onc
             if code:
                 print(f"watch: {console.conn.reason or 'not connected'}", file=err)
             return code
+        keys = Keys() if interactive else None
         while deadline is None or clock.monotonic() < deadline:
-            console.changed.wait(1.0)  # redraw on a change, and every second for the clock and the ages
+            ch = keys.read(0.2) if keys is not None and keys.saved is not None else None
+            if ch is not None:
+                console.key(ch)
+            # redraw on a change, and every second for the clock and the ages
+            console.changed.wait(0.0 if ch is not None else 0.8 if keys is not None and keys.saved else 1.0)
             console.changed.clear()
             draw()
             if not interactive and console.conn.is_error:
@@ -649,6 +755,8 @@ def run(settings, scope: str | None, out=None, seconds: float | None = None, onc
     except KeyboardInterrupt:
         code = EXIT_OK
     finally:
+        if "keys" in locals() and keys is not None:
+            keys.close()
         console.stop()
         if tty and not once:
             out.write("\n")
