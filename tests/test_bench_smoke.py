@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.timeout(300)  # a whole quick bench run (brokers, agents); its subprocess has 240 s
 def test_bench_quick_prints_a_table_and_writes_json():
     r = subprocess.run([sys.executable, "-m", "bench", "--quick"], cwd=ROOT, capture_output=True, text=True,
                        timeout=240)

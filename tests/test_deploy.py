@@ -21,6 +21,7 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
+@pytest.mark.timeout(600)  # two or three installer runs, each a pip install of 240 s at most
 def test_installer_into_a_staging_root_is_idempotent_and_uninstall_keeps_config(tmp_path):
     root = tmp_path / "root"
     env = {**os.environ, "HALL_AGENT_PIP_ARGS": "--no-deps"}
