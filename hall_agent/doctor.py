@@ -172,11 +172,12 @@ def check_calendar(settings: Settings, today=None) -> list[Finding]:
 
 
 def check_storage(state_dir: Path) -> list[Finding]:
-    """Whether the agent could write its state folder; creates and writes nothing."""
+    """Whether the agent could write its state folder and every file in it, and whether
+    the outbox is sound; creates and writes nothing."""
     user = _user()
     if state_dir.is_dir():
         if os.access(state_dir, os.W_OK | os.X_OK):
-            return [Finding(True, "state folder", str(state_dir))]
+            return check_state_files(state_dir, user)
         return [Finding(False, "state folder", f"{state_dir} is not writable by {user}",
                         f"chown {user} {state_dir} (the service's StateDirectory= does it), or set storage.dir")]
     if state_dir.exists():
@@ -264,6 +265,41 @@ def check_running_agent(settings: Settings, timeout_s: float = 10.0) -> list[Fin
 
 def _json_text(value) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def check_state_files(state_dir: Path, user: str) -> list[Finding]:
+    """Each file the agent must read and write (an outbox left by a run as root stops the
+    service), the outbox's quick_check (only when no agent has it open), the free space."""
+    import sqlite3
+    out = []
+    for f in sorted(p for p in state_dir.iterdir() if p.is_file()):
+        if not os.access(f, os.R_OK | os.W_OK):
+            st = f.stat()
+            out.append(Finding(False, f"state file {f.name}", f"{f}: not readable and writable by {user} "
+                               f"(owner uid {st.st_uid}, mode {st.st_mode & 0o777:o})",
+                               f"chown it to the agent's user: sudo chown -R {user} {state_dir}"))
+    outbox = state_dir / "outbox.sqlite3"
+    if outbox.exists() and not out and not Path(f"{outbox}-wal").exists():  # a WAL: in use (or after a crash)
+        try:
+            db = sqlite3.connect(f"file:{outbox}?immutable=1", uri=True, timeout=5)  # creates no -shm/-wal
+            try:
+                verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+            finally:
+                db.close()
+        except sqlite3.Error as e:
+            verdict = str(e)
+        if verdict != "ok":
+            out.append(Finding(False, "outbox", f"{outbox}: {verdict}",
+                               "the agent sets a corrupt outbox aside when it meets it; check the SD card"))
+    try:
+        st = os.statvfs(state_dir)
+        free = st.f_bavail * st.f_frsize
+        if free < 16 * 1024 * 1024:
+            out.append(Finding(False, "state disk", f"{state_dir}: only {free // 1024} KiB free",
+                               "free space: while the disk is full the agent holds envelopes in memory only"))
+    except OSError:
+        pass
+    return out or [Finding(True, "state folder", f"{state_dir} (its files readable and writable)")]
 
 
 def check_broker(settings: Settings, timeout_s: float = 10.0) -> list[Finding]:

@@ -228,7 +228,11 @@ class CheckScheduler:
         """key -> the run's time (ISO); an old list of keys is read too."""
         try:
             data = json.loads(self.state_file.read_text())
-        except (OSError, ValueError):
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:  # damaged: kept aside, not overwritten by the next mark
+            from .fleet.files import set_aside_damaged
+            set_aside_damaged(self.state_file, e)
             return {}
         if isinstance(data, list):
             return {k: k.partition("@")[2] for k in data if isinstance(k, str)}

@@ -302,3 +302,97 @@ def test_read_only_disk_remounted_by_a_real_ext4_error(broker, tmp_path):
         finally:
             agent.kill()
             rec.close()
+
+
+# -- item 9: the rest of the storage faults ------------------------------------------------------
+
+def as_nobody(cfg: Path, *args: str, command: str = "run") -> subprocess.CompletedProcess:
+    """The agent as an unprivileged user (uid 65534), as the service runs."""
+    need_root()
+    if not shutil.which("setpriv"):
+        pytest.skip("setpriv missing (util-linux)")
+    import site
+    root = Path(__file__).resolve().parent.parent
+    paths = [str(root)] + [p for p in site.getsitepackages() if "site-packages" in p]
+    env = {**AgentProcess(cfg).env, "PYTHONPATH": ":".join(paths), "HOME": "/tmp"}
+    return subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+                           "/usr/bin/python3", "-m", "hall_agent", command, "-c", str(cfg), *args],
+                          capture_output=True, text=True, timeout=60, env=env, cwd="/tmp")
+
+
+def test_an_outbox_owned_by_another_user_is_one_line_and_doctor_says_so(tmp_path):
+    """An outbox left by a run as root: the service (another user) gets one clear line and
+    exit 2, not a traceback; doctor names the file, its owner and the fix."""
+    need_root()
+    import tempfile
+    top = Path(tempfile.mkdtemp(prefix="hall-agent-owner-"))  # pytest's own folders are root's alone
+    top.chmod(0o755)
+    try:
+        owned_by_root(top)
+    finally:
+        shutil.rmtree(top)
+
+
+def owned_by_root(top: Path) -> None:
+    state = top / "state"
+    state.mkdir()
+    box = ob.Outbox(state / "outbox.sqlite3")  # as root
+    box.close()
+    (state / "outbox.sqlite3").chmod(0o600)
+    os.chown(state, 65534, 65534)
+    cfg = write_config(top / "c.toml", free_port(), state, CLOSED_HOURS)
+    cfg.chmod(0o644)
+    proc = as_nobody(cfg)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "outbox.sqlite3" in lines[0] and "uid 0" in lines[0] and "chown" in lines[0]
+    doctor = as_nobody(cfg, command="doctor")
+    assert doctor.returncode == 1
+    line = next(line for line in doctor.stdout.splitlines() if "outbox.sqlite3" in line)
+    assert "owner uid 0" in line and "chown" in doctor.stdout
+
+
+def test_doctor_finds_a_corrupt_outbox(tmp_path):
+    from hall_agent import doctor
+    state = tmp_path / "s"
+    state.mkdir()
+    (state / "outbox.sqlite3").write_bytes(b"not a database" * 300)
+    findings = doctor.check_storage(state)
+    assert [f.what for f in findings if not f.ok] == ["outbox"]
+    (state / "outbox.sqlite3").unlink()
+    assert all(f.ok for f in doctor.check_storage(state)) or any(f.what == "state disk" for f in
+                                                                  doctor.check_storage(state))
+
+
+def test_damaged_state_files_are_set_aside_not_overwritten(tmp_path):
+    from hall_agent.fleet.files import StateFile
+    f = tmp_path / "fleet.json"
+    f.write_text("{half a docu")
+    assert StateFile(f).load() == {}
+    assert not f.exists() and [p.read_text() for p in tmp_path.glob("fleet.json.damaged-*")] == ["{half a docu"]
+
+
+def test_a_hung_sensor_read_does_not_keep_the_process_alive(tmp_path):
+    """A driver whose read never returns: the process still exits once stopped."""
+    script = tmp_path / "hang.py"
+    script.write_text("""
+import threading, time
+from hall_agent.sensors.loop import SensorLoop, SensorSpec
+
+class Hung:
+    def start(self): pass
+    def read(self): threading.Event().wait()  # never returns
+    def close(self): pass
+
+loop = SensorLoop([SensorSpec("s", "m", 0.2, 3, Hung, timeout_s=0.3)], lambda *a: None, lambda *a: None,
+                  lambda *a: None)
+loop.start()
+time.sleep(1.0)
+loop.stop()
+print("stopped", flush=True)
+""")
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0 and "stopped" in proc.stdout, proc.stderr
+    assert time.monotonic() - started < 20  # (before: the interpreter waited for the read forever)

@@ -101,6 +101,20 @@ def restore_previous(path: Path) -> bool:
     return True
 
 
+def set_aside_damaged(path: Path, why: object) -> Path | None:
+    """A damaged state file is renamed ``<name>.damaged-<time>`` (kept for inspection,
+    never overwritten) with a warning; returns where it went."""
+    import logging
+    import time
+    aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
+    try:
+        path.rename(aside)
+    except OSError:
+        return None
+    logging.getLogger(__name__).warning("%s is damaged (%s): moved to %s", path, why, aside)
+    return aside
+
+
 class StateFile:
     """A small JSON document in the state folder, rewritten atomically."""
 
@@ -110,8 +124,13 @@ class StateFile:
     def load(self) -> dict[str, Any]:
         try:
             doc = json.loads(self.path.read_text())
-            return doc if isinstance(doc, dict) else {}
-        except (OSError, ValueError):
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
+            return doc
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            set_aside_damaged(self.path, e)
             return {}
 
     def save(self, doc: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError as FutureTimeout
+from concurrent.futures import Future, TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Callable
 
@@ -40,6 +40,32 @@ class SensorSpec:
         return self.timeout_s or max(2.0, min(self.period, 15.0))
 
 
+class _DaemonReads:
+    """Each read on a daemon thread of its own: a read that never returns (a hung bus or
+    tty) cannot keep the process alive after the stop, as an executor's worker would
+    (the interpreter joins those at exit)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def submit(self, fn: Callable[[], dict[str, float]]) -> Future:
+        future: Future = Future()
+
+        def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(fn())
+            except BaseException as e:
+                future.set_exception(e)
+
+        threading.Thread(target=run, name=self.name, daemon=True).start()
+        return future
+
+    def shutdown(self, wait: bool = False, cancel_futures: bool = True) -> None:
+        pass  # a read still running is abandoned with its daemon thread
+
+
 class SensorRunner:
     """One sensor: its thread, its driver instance, its failure count."""
 
@@ -55,7 +81,7 @@ class SensorRunner:
         self.last_ok_at: float | None = None  # monotonic time of the last good read
         self.reads = 0
         self._pending: Future | None = None
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"read-{spec.id}")
+        self._executor = _DaemonReads(f"read-{spec.id}")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"sensor-{spec.id}", daemon=True)
         self.heartbeat = clock()
