@@ -32,6 +32,8 @@ from .systemd import Loop, ServiceStatus, Watchdog, notify as sd_notify
 
 log = logging.getLogger(__name__)
 
+GPIO_RETRY_S = 5  # inputs and relays that could not be claimed are tried again this often
+
 #: the exit status of a restart the agent asks for (a configuration that needs one, a
 #: self-revert): systemd starts it again (Restart=always)
 EXIT_RESTART = 75
@@ -63,6 +65,7 @@ class Agent:
         self.events = Events(settings.hall.id, settings.hall.timezone, settings.base_topic,
                              settings.mqtt.telemetry_qos, clock=self.clock)
         self._ready = threading.Event()  # storage callbacks wait for the parts they use
+        self.lock_file = None  # the state folder's lock (taken by the CLI before the outbox is opened)
         self.outbox = Outbox(self.state_dir / "outbox.sqlite3",
                              max_bytes=int(settings.storage.max_outbox_mb * 1024 * 1024),
                              on_overflow=self._overflow_event, on_storage=self._on_storage,
@@ -169,7 +172,9 @@ class Agent:
 
     def _on_device(self, kind: str, source: str, data: dict) -> None:
         """Input, printer and equipment states, for the rules."""
-        if kind in ("door", "panic", "motion", "reset"):
+        if kind == "gpio":
+            self.alerts.feed(lambda now: self.engine.gpio(source, data["reason"], now))
+        elif kind in ("door", "panic", "motion", "reset"):
             held = next((c.held_open_s for c in self.settings.inputs if c.id == source), None)
             self.alerts.feed(lambda now: self.engine.input(kind, source, data["state"], now, held))
         elif kind == "printer":
@@ -353,6 +358,9 @@ class Agent:
         self._ready.set()
         self.hardware.start_day(self.calendar, self._now)
         self.devices.start()
+        for rule, source in list(self.engine.active):  # held from before the restart, claimed now
+            if rule == "gpio-unavailable" and source not in self.devices.unavailable:
+                self.alerts.feed(lambda now, source=source: self.engine.gpio(source, None, now))
         self.sensors.start()
         if os.environ.get("HALL_AGENT_SCHEDULE", "1") == "0":  # tests: not the time of day they run at
             log.info("HALL_AGENT_SCHEDULE=0: no check is scheduled by the calendar")
@@ -365,16 +373,20 @@ class Agent:
 
     def _tick_loop(self) -> None:
         """Timers of the rules (door held open, closing time, clock sync), the calendar's
-        confirmation (once a minute) and saving active alerts."""
+        confirmation (once a minute), and claiming GPIO parts that were unavailable."""
         calendar_at = None
+        turns = 0
         while not self._stop.wait(1.0):
             self.tick_heartbeat = time.monotonic()
+            turns += 1
             try:
                 self.alerts.feed(self.engine.tick)
                 if calendar_at is None or self.clock.monotonic() - calendar_at >= 60:
                     calendar_at = self.clock.monotonic()
                     self.calendar_tick()
                 self.alarms.tick()
+                if self.devices.unavailable and turns % GPIO_RETRY_S == 0:
+                    self.devices.retry_unavailable()
             except Exception:
                 log.exception("rules tick failed")
 
@@ -409,9 +421,9 @@ class Agent:
     def _hold_lock(self) -> None:
         """The state folder's lock: tells ``hall-agent check`` an agent runs here."""
         import fcntl
-        self._lock_file = open(self.state_dir / "agent.lock", "a")
+        self.lock_file = open(self.state_dir / "agent.lock", "a")
         try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self.lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             log.error("another hall-agent already runs with the state folder %s", self.state_dir)
             raise SystemExit(2)
@@ -467,7 +479,8 @@ class Agent:
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT; then stop cleanly. Returns the exit code."""
-        self._hold_lock()
+        if self.lock_file is None:
+            self._hold_lock()
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         if hasattr(signal, "SIGHUP"):

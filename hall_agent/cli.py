@@ -149,13 +149,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         from . import logs
         from .agent import Agent
+        from .agent import storage_dir
+        from .oneshot import take_lock
         from .outbox import OutboxUnavailable
         logs.setup(settings.agent.log_level)
+        state = storage_dir(settings, args.simulate)
+        lock = take_lock(state)  # before the outbox is opened: one process numbers its envelopes
+        if lock is None:
+            print(f"another hall-agent already runs with the state folder {state}", file=sys.stderr)
+            return EXIT_USAGE
         try:
             agent = Agent(settings, simulate=args.simulate, config_path=args.config)
         except OutboxUnavailable as e:
             print(f"storage error: {e}", file=sys.stderr)
             return EXIT_USAGE
+        agent.lock_file = lock
         return agent.run()
     if args.command == "watch":
         from . import watch

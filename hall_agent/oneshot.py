@@ -21,16 +21,24 @@ from pathlib import Path
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
+def take_lock(state_dir: Path):
+    """The state folder's lock, held by whoever drives the parts and numbers envelopes
+    from the outbox (the service, or this one-shot check while it runs); None if taken."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    f = open(state_dir / "agent.lock", "a")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return None
+    return f
+
+
 def agent_running(state_dir: Path) -> bool:
-    path = state_dir / "agent.lock"
-    if not path.exists():
-        return False
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(f, fcntl.LOCK_UN)
+    lock = take_lock(state_dir)
+    if lock is None:
+        return True
+    lock.close()
     return False
 
 
@@ -47,7 +55,8 @@ def print_report(data: dict, as_json: bool) -> int:
 def run_check(settings, args) -> int:
     from .agent import Agent, storage_dir
     state_dir = storage_dir(settings, args.simulate)
-    if agent_running(state_dir):
+    lock = take_lock(state_dir)  # held until the check is done: a service starting meanwhile waits
+    if lock is None:
         if args.simulate:  # its emulated parts are its own: a second process would share its client id and seq
             print(f"check: a simulated agent already runs with the state folder {state_dir}; ask it over MQTT:\n"
                   f"  mosquitto_pub -h {settings.mqtt.host} -p {settings.mqtt.effective_port} "
@@ -56,13 +65,25 @@ def run_check(settings, args) -> int:
                   "or stop it first", file=sys.stderr)
             return EXIT_USAGE
         return remote_check(settings, args)
+    try:
+        return _check_here(settings, args, Agent)
+    finally:
+        lock.close()
+
+
+def _check_here(settings, args, Agent) -> int:
+    from .outbox import OutboxUnavailable
     scratch = None
     if args.no_publish:  # neither the service's outbox nor its state (alerts, done marks) is touched
         import tempfile
         scratch = tempfile.TemporaryDirectory(prefix="hall-agent-check-")
         settings = settings.model_copy(update={"storage": settings.storage.model_copy(
             update={"dir": Path(scratch.name)})})
-    agent = Agent(settings, simulate=args.simulate)
+    try:
+        agent = Agent(settings, simulate=args.simulate)
+    except OutboxUnavailable as e:
+        print(f"storage error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     if not args.no_publish:
         agent.alerts.load()  # the active alerts: a passing check clears check-failed
     agent.devices.start()

@@ -396,3 +396,26 @@ print("stopped", flush=True)
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0 and "stopped" in proc.stdout, proc.stderr
     assert time.monotonic() - started < 20  # (before: the interpreter waited for the read forever)
+
+
+def test_a_one_shot_check_holds_the_state_folders_lock_while_it_runs(tmp_path):
+    """Item 8: a service started while `hall-agent check` runs does not share its outbox."""
+    cfg = write_config(tmp_path / "c.toml", free_port(), tmp_path / "state",
+                       CLOSED_HOURS + "[checks]\nsettle_s = 6\n")
+    env = AgentProcess(cfg).env
+    check = subprocess.Popen([sys.executable, "-m", "hall_agent", "check", "opening", "-c", str(cfg),
+                              "--simulate", "--no-publish"], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        from hall_agent.oneshot import agent_running
+        assert wait_until(lambda: agent_running(tmp_path / "state"), 20)  # the check holds the lock
+        run = subprocess.run([sys.executable, "-m", "hall_agent", "run", "-c", str(cfg), "--simulate"], env=env,
+                             capture_output=True, text=True, timeout=30)
+        assert check.poll() is None, "the check ended before the service tried to start"
+        assert run.returncode == 2 and "another hall-agent already runs" in run.stderr, run.stderr[-2000:]
+        out, err = check.communicate(timeout=60)
+        assert check.returncode in (0, 1) and "opening check:" in out, err[-2000:]
+    finally:
+        if check.poll() is None:
+            check.kill()
+            check.wait()

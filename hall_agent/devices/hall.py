@@ -43,12 +43,13 @@ class HallDevices:
         self.unavailable: dict[str, str] = {}  # part id -> why it could not be set up (no GPIO, pin busy)
         self.equipment_state: dict[str, dict] = {}
         self.relay_store = RelayStore(None if state_dir is None else state_dir / "relays.json")
+        self._makers: dict[str, Callable[[], None]] = {}  # part id -> how to set it up (retried)
         for cfg in settings.inputs:
-            self._setup(cfg.id, lambda: self.inputs.__setitem__(
+            self._setup(cfg.id, lambda cfg=cfg: self.inputs.__setitem__(
                 cfg.id, InputWatcher(cfg, pin_factory, self._on_input)))
         for cfg in settings.equipment:
             if cfg.relay_pin is not None:
-                self._setup(cfg.id, lambda: self.relays.__setitem__(
+                self._setup(cfg.id, lambda cfg=cfg: self.relays.__setitem__(
                     cfg.id, Relay(cfg.id, cfg.relay_pin, pin_factory, cfg.relay_active_high, self.relay_store)))
         self.printers = {cfg.id: PrinterMonitor(cfg, printer_port(cfg.id, cfg.port), self._on_printer)
                          for cfg in settings.printers}
@@ -57,7 +58,9 @@ class HallDevices:
                                           timeout_s=max((e.probe_timeout_s for e in settings.equipment), default=3))
 
     def _setup(self, part_id: str, make: Callable[[], None]) -> None:
-        """Set up one GPIO part; a missing GPIO chip or a busy pin disables that part, not the agent."""
+        """Set up one GPIO part; a missing GPIO chip or a busy pin disables that part, not the
+        agent (``retry_unavailable`` tries it again)."""
+        self._makers[part_id] = make
         try:
             make()
         except Exception as e:  # gpiozero: BadPinFactory, PinInvalidPin, GPIOPinInUse, …
@@ -70,6 +73,8 @@ class HallDevices:
         for part_id, why in self.unavailable.items():
             self.emit(self.events.agent("gpio-unavailable", {"part": part_id, "reason": why}, severity="critical",
                                         moment=Moment("system", 1), source=part_id))
+            for listener in self.listeners:  # the rules hold the gpio-unavailable alert until it works
+                listener("gpio", part_id, {"reason": why})
         for watcher in self.inputs.values():
             self._on_input(watcher.boot_state())
         for cfg in self.settings.equipment:
@@ -77,6 +82,27 @@ class HallDevices:
         for monitor in self.printers.values():
             monitor.start()
         self.equipment.start()
+
+    def retry_unavailable(self) -> list[str]:
+        """Try again to claim the parts that could not be (a pin busy at start, no GPIO chip
+        yet); returns the ids that work now. Their state is published as found."""
+        fixed = []
+        for part_id in list(self.unavailable):
+            try:
+                self._makers[part_id]()
+            except Exception as e:
+                self.unavailable[part_id] = f"{type(e).__name__}: {e}"
+                continue
+            del self.unavailable[part_id]
+            fixed.append(part_id)
+            log.warning("%s can be claimed now: watched/switched from now on", part_id)
+            self.emit(self.events.agent("gpio-available", {"part": part_id}, moment=Moment("system", 1),
+                                        source=part_id))
+            for listener in self.listeners:
+                listener("gpio", part_id, {"reason": None})
+            if part_id in self.inputs:
+                self._on_input(self.inputs[part_id].boot_state())
+        return fixed
 
     def stop(self) -> None:
         for monitor in self.printers.values():
