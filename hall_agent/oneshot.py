@@ -35,6 +35,9 @@ def take_lock(state_dir: Path):
 
 
 def agent_running(state_dir: Path) -> bool:
+    """Whether another process holds the state folder's lock (creates nothing)."""
+    if not (state_dir / "agent.lock").exists():
+        return False
     lock = take_lock(state_dir)
     if lock is None:
         return True

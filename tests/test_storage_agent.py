@@ -398,12 +398,22 @@ print("stopped", flush=True)
     assert time.monotonic() - started < 20  # (before: the interpreter waited for the read forever)
 
 
+AUTO_EQUIPMENT = """
+[[equipment]]
+id = "kiosk.1"
+probe = "tcp://127.0.0.1:9"
+relay_pin = 5
+power = "auto"
+"""
+
+
 def test_a_one_shot_check_holds_the_state_folders_lock_while_it_runs(tmp_path):
     """Item 8: a service started while `hall-agent check` runs does not share its outbox."""
     cfg = write_config(tmp_path / "c.toml", free_port(), tmp_path / "state",
-                       CLOSED_HOURS + "[checks]\nsettle_s = 6\n")
+                       CLOSED_HOURS + "[checks]\nsettle_s = 6\n" + AUTO_EQUIPMENT)
     env = AgentProcess(cfg).env
-    check = subprocess.Popen([sys.executable, "-m", "hall_agent", "check", "opening", "-c", str(cfg),
+    # the closing check switches the kiosk off, then waits settle_s for it
+    check = subprocess.Popen([sys.executable, "-m", "hall_agent", "check", "closing", "-c", str(cfg),
                               "--simulate", "--no-publish"], env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     try:
@@ -414,7 +424,7 @@ def test_a_one_shot_check_holds_the_state_folders_lock_while_it_runs(tmp_path):
         assert check.poll() is None, "the check ended before the service tried to start"
         assert run.returncode == 2 and "another hall-agent already runs" in run.stderr, run.stderr[-2000:]
         out, err = check.communicate(timeout=60)
-        assert check.returncode in (0, 1) and "opening check:" in out, err[-2000:]
+        assert check.returncode in (0, 1) and "closing check:" in out, err[-2000:]
     finally:
         if check.poll() is None:
             check.kill()
