@@ -21,11 +21,21 @@ from pathlib import Path
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
-def take_lock(state_dir: Path):
+class _NoLock:
+    def close(self) -> None:
+        pass
+
+
+def take_lock(state_dir: Path, create: bool = True):
     """The state folder's lock, held by whoever drives the parts and numbers envelopes
-    from the outbox (the service, or this one-shot check while it runs); None if taken."""
+    from the outbox (the service, or this one-shot check while it runs); None if taken.
+    ``create=False`` (a check that writes nothing there): a folder no agent ever used is
+    left as it is (nothing to lock against)."""
+    path = state_dir / "agent.lock"
+    if not create and not path.exists():
+        return _NoLock()
     state_dir.mkdir(parents=True, exist_ok=True)
-    f = open(state_dir / "agent.lock", "a")
+    f = open(path, "a")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -58,7 +68,9 @@ def print_report(data: dict, as_json: bool) -> int:
 def run_check(settings, args) -> int:
     from .agent import Agent, storage_dir
     state_dir = storage_dir(settings, args.simulate)
-    lock = take_lock(state_dir)  # held until the check is done: a service starting meanwhile waits
+    # held until the check is done: a service starting meanwhile waits (with --no-publish its outbox
+    # and state are a scratch folder's, and a state folder no agent ever used is not made)
+    lock = take_lock(state_dir, create=not args.no_publish)
     if lock is None:
         if args.simulate:  # its emulated parts are its own: a second process would share its client id and seq
             print(f"check: a simulated agent already runs with the state folder {state_dir}; ask it over MQTT:\n"

@@ -412,6 +412,8 @@ def test_a_one_shot_check_holds_the_state_folders_lock_while_it_runs(tmp_path):
     cfg = write_config(tmp_path / "c.toml", free_port(), tmp_path / "state",
                        CLOSED_HOURS + "[checks]\nsettle_s = 6\n" + AUTO_EQUIPMENT)
     env = AgentProcess(cfg).env
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "agent.lock").touch()  # the service has run here before
     # the closing check switches the kiosk off, then waits settle_s for it
     check = subprocess.Popen([sys.executable, "-m", "hall_agent", "check", "closing", "-c", str(cfg),
                               "--simulate", "--no-publish"], env=env, stdout=subprocess.PIPE,
