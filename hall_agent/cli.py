@@ -77,6 +77,13 @@ def _state_writable(settings, simulate: bool) -> bool:
         probe.unlink()
         return True
     except OSError as e:
+        import errno
+        import os
+        if e.errno == errno.EROFS and os.environ.get("INVOCATION_ID"):  # under systemd: the unit's sandbox
+            print(f"config error: storage.dir: {state} is read-only to hall-agent.service (only "
+                  "/var/lib/hall-agent and the folders its drop-ins grant are writable): run deploy/install.sh "
+                  "again, which adds storage.dir to the unit, or remove storage.dir", file=sys.stderr)
+            return False
         print(f"config error: storage.dir: {state}: {e.strerror or e} (run as the service user, "
               "set storage.dir, or use --simulate)", file=sys.stderr)
         return False

@@ -136,3 +136,24 @@ def test_acl_keeps_halls_apart(acl_broker):
     finally:
         for c in (hall1, hall2, central):
             c.close()
+
+
+def test_storage_dir_read_only_under_the_unit_says_to_rerun_the_installer(tmp_path):
+    """Issue 22.4: the unit makes everything but /var/lib/hall-agent read-only; a storage.dir
+    elsewhere failed with a bare 'Read-only file system'. (CI is root: a read-only tmpfs.)"""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a read-only tmpfs")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], check=True)
+    try:
+        cfg = tmp_path / "c.toml"
+        cfg.write_text('[hall]\nid="zg-001"\ncity="zigong"\nbranch="ziliujing"\n'
+                       f'[storage]\ndir="{ro}/state"\n')
+        import sys
+        r = subprocess.run([sys.executable, "-m", "hall_agent", "run", "-c", str(cfg)], capture_output=True,
+                           text=True, timeout=60, env={**os.environ, "INVOCATION_ID": "0123456789abcdef"})
+        assert r.returncode != 0
+        assert "read-only to hall-agent.service" in r.stderr and "deploy/install.sh" in r.stderr, r.stderr
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)
