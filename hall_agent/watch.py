@@ -711,6 +711,8 @@ def run(settings, scope: str | None, out=None, seconds: float | None = None, onc
     interactive = tty and not once
     if color is None:
         color = tty and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+    if tty and not once:
+        out.write("\033[2J")
     console.start()
     deadline = clock.monotonic() + seconds if seconds else None
     code = EXIT_OK
@@ -720,8 +722,8 @@ def run(settings, scope: str | None, out=None, seconds: float | None = None, onc
         width = size.columns if tty else 160
         text = console.screen(width, size.lines - 1 if tty else None, color)
         ring = bell and tty and console.take_bell()
-        if tty:
-            out.write("\033[H\033[2J" + text + ("\a" if ring else ""))
+        if tty:  # home, each line over the old one (erasing its rest), then erase below: no flicker
+            out.write("\033[H" + text.replace("\n", "\033[K\n") + "\033[K\033[J" + ("\a" if ring else ""))
         else:
             out.write(text + "\n\n")
         out.flush()
