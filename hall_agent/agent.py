@@ -78,11 +78,11 @@ class Agent:
         self.service_status = ServiceStatus(sd_notify)
         if simulate:
             from .simulation import Simulation
-            self.hardware: Hardware = Simulation(settings, self.state_dir)
+            self.hardware: Hardware = Simulation(settings, self.state_dir, clock=self.clock)
             for kind in ("sensor", "input", "printer", "equipment"):
                 self.link.subscribe(f"sim/{kind}/+", self._on_sim)
         else:
-            self.hardware = Hardware(settings, self.state_dir)
+            self.hardware = Hardware(settings, self.state_dir, clock=self.clock)
         self.sensors = SensorLoop(self.hardware.sensor_specs(), self._on_reading, self._on_sensor_fault,
                                   self._on_sensor_recover)
         self.devices = HallDevices(settings, self.events, self.emit, pin_factory=self.hardware.pin_factory(),
@@ -93,6 +93,7 @@ class Agent:
                                          settings.checks.closing_delay_min, cache_dir=self.state_dir)
         self.engine = RulesEngine(build_rules(settings), self.calendar.is_open, settings.hall.timezone,
                                   clock=self.clock)
+        self.hardware.is_open = lambda: self.calendar.is_open(self._now())  # PMS5003 sleep_when_closed
         self.alerts = Alerts(self.engine, self.events, self.emit, self.outbox, self.state_dir / "alerts.json",
                              self._now)
         from .alarms.service import AlarmService

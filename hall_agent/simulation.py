@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,8 @@ log = logging.getLogger(__name__)
 
 
 class Simulation(Hardware):
-    def __init__(self, settings: Settings, state_dir: Path):
-        super().__init__(settings, state_dir)
+    def __init__(self, settings: Settings, state_dir: Path, clock=None):
+        super().__init__(settings, state_dir, clock)
         self.fast = os.environ.get("HALL_AGENT_SIM_FAST") == "1"
         self.tmp = Path(tempfile.mkdtemp(prefix="hall-agent-sim-"))
         self.emulated_buses: dict[int, EmulatedI2CBus] = {}
@@ -71,7 +72,9 @@ class Simulation(Hardware):
             return bus.attach(cfg.address, chip)
         link_dir = self.tmp / "tty"
         if cfg.driver == "mhz19":
-            return MHZ19Device(name=cfg.id, link_dir=link_dir)
+            device = MHZ19Device(name=cfg.id, link_dir=link_dir)
+            device.powered_at -= 3600  # the hall's module has been powered for long (re-plugging it preheats)
+            return device
         if cfg.driver == "pms5003":
             return PMS5003Device(name=cfg.id, link_dir=link_dir, period_s=0.3 if fast else 0.8)
         if cfg.driver == "ze08":
@@ -80,7 +83,11 @@ class Simulation(Hardware):
 
     # -- where the drivers look ------------------------------------------------------
     def i2c_bus(self, number: int) -> Any:
-        return self.emulated_buses[number]
+        """The emulated bus behind the same per-bus lock as a real one (``LockedBus``)."""
+        if number not in self._buses:
+            from .hardware import LockedBus
+            self._buses[number] = LockedBus(self.emulated_buses[number])
+        return self._buses[number]
 
     def serial_port(self, part_id: str, port: str) -> str:
         return self.devices[part_id].port
@@ -90,8 +97,18 @@ class Simulation(Hardware):
 
     def sensor_options(self, cfg: SensorConfig) -> dict[str, Any]:
         options = super().sensor_options(cfg)
-        if cfg.driver == "scd4x" and self.fast:
-            options.update(stop_wait_s=0.05, poll_s=0.05)
+        device = self.devices.get(cfg.id)
+        if cfg.driver == "mhz19":  # the module's own power-up (its emulator's), not this machine's boot
+            options["uptime"] = lambda d=device: time.monotonic() - d.powered_at
+        if self.fast:  # the fast simulation compresses the parts' timings, warm-ups included
+            if cfg.driver == "scd4x":
+                options.update(stop_wait_s=0.05, poll_s=0.05)
+            if cfg.driver == "sgp30":
+                options["warmup_s"] = 1.0
+            if cfg.driver == "mhz19":
+                options["preheat_s"] = 1.0
+            if cfg.driver == "pms5003":
+                options["warmup_s"] = 1.0
         return options
 
     def pin_factory(self):

@@ -6,6 +6,8 @@ CRC bytes come from an independent bit-by-bit CRC-8 written in this file.
 
 import errno
 
+import time
+
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -123,30 +125,34 @@ def test_scd4x_times_out_when_no_measurement_comes():
 
 
 def test_sgp30_measures_after_init_and_restores_a_saved_baseline(tmp_path):
+    from hall_agent.clock import FakeClock
+    from hall_agent.sensors import SensorWarmup
     bus = EmulatedI2CBus()
-    chip = bus.attach(0x58, SGP30Chip(tvoc_ppb=220, eco2_ppm=780, warmup_s=0.2))
+    chip = bus.attach(0x58, SGP30Chip(tvoc_ppb=220, eco2_ppm=780, warmup_s=0.0))
     base = tmp_path / "baseline.json"
-    now = [1_000_000.0]
-    s = sensors.create("sgp30", bus=bus, baseline_file=base, clock=lambda: now[0])
+    clock = FakeClock()
+    s = sensors.create("sgp30", bus=bus, baseline_file=base, clock=clock)
     assert chip.log[0] == 0x2003  # iaq_init first
-    assert s.read() == {"tvoc_ppb": 0.0, "eco2_ppm": 400.0}  # the datasheet's first 15 s
-    import time
-    time.sleep(0.25)
+    with pytest.raises(SensorWarmup):  # the datasheet's first 15 s (400 ppm / 0 ppb) are not readings
+        s.read()
+    clock.advance(15)
     assert s.read() == {"tvoc_ppb": 220.0, "eco2_ppm": 780.0}
     assert not base.exists()  # no baseline worth saving before 12 h of running
     chip.baseline = (0x8A11, 0x9B22)
-    now[0] += 12 * 3600 + 1
+    clock.advance(12 * 3600 + 1)
     s.read()
     assert base.exists()
     # a restart: the baseline goes back in right after iaq_init, TVOC word first
     chip2 = EmulatedI2CBus()
     c2 = chip2.attach(0x58, SGP30Chip(warmup_s=0))
-    sensors.create("sgp30", bus=chip2, baseline_file=base, clock=lambda: now[0] + 3600)
+    clock.advance(3600)
+    sensors.create("sgp30", bus=chip2, baseline_file=base, clock=clock)
     assert c2.log[:2] == [0x2003, 0x201E] and c2.restored_baseline == (0x8A11, 0x9B22)
     # older than 7 days: not restored
     c3bus = EmulatedI2CBus()
     c3 = c3bus.attach(0x58, SGP30Chip(warmup_s=0))
-    sensors.create("sgp30", bus=c3bus, baseline_file=base, clock=lambda: now[0] + 8 * 86400)
+    clock.advance(8 * 86400)
+    sensors.create("sgp30", bus=c3bus, baseline_file=base, clock=clock)
     assert c3.restored_baseline is None
 
 
@@ -199,6 +205,9 @@ I2C_CASES = [
 ]
 
 
+NO_WARMUP = {"sgp30": {"warmup_s": 0}}  # its 15 s after iaq_init: tested in test_sensor_parts.py
+
+
 @pytest.mark.parametrize("driver,address,chip_cls,ranges", I2C_CASES, ids=[c[0] for c in I2C_CASES])
 @settings(max_examples=25, deadline=None)
 @given(data=st.data())
@@ -208,7 +217,7 @@ def test_round_trip_value_raw_driver(driver, address, chip_cls, ranges, data):
     bus = EmulatedI2CBus()
     chip = bus.attach(address, chip_cls())
     chip.set(**values)
-    got = sensors.create(driver, bus=bus, address=address).read()
+    got = sensors.create(driver, bus=bus, address=address, **NO_WARMUP.get(driver, {})).read()
     for key, (_, _, resolution) in ranges.items():
         assert got[key] == pytest.approx(values[key], abs=resolution), key
 
@@ -219,7 +228,7 @@ def test_scd4x_round_trip():
     sensor = sensors.create("scd4x", bus=bus, stop_wait_s=0.01, poll_s=0.005)
     for co2, t, rh in ((400, -10.0, 5.0), (2500, 35.5, 95.0), (40000, 0.0, 50.0)):
         chip.set(co2_ppm=co2, temperature_c=t, humidity_pct=rh)
-        chip.buffer = None
+        time.sleep(0.05)  # the next sample (every 20 ms here): the driver reads the newest one
         assert sensor.read() == pytest.approx({"co2_ppm": co2, "temperature_c": t, "humidity_pct": rh}, abs=0.01)
 
 
@@ -230,7 +239,7 @@ def test_scd4x_round_trip():
 def test_faults_raise_and_never_return_a_number(driver, address, chip):
     bus = EmulatedI2CBus()
     bus.attach(address, chip)
-    sensor = sensors.create(driver, bus=bus, address=address)
+    sensor = sensors.create(driver, bus=bus, address=address, **NO_WARMUP.get(driver, {}))
     sensor.read()
     chip.fault = "crc"
     if driver == "bme280":  # no CRC on the BME280: a failed conversion leaves the reset value 0x80000

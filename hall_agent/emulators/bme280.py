@@ -3,31 +3,41 @@
 The raw ADC values are found from the wanted physical values with the
 datasheet's *floating-point* compensation (BST-BME280-DS002 section 8.1),
 independently of the driver's integer code, so a round trip checks one
-against the other.
+against the other. Nothing is shared with the driver: the trimming values
+have their own type here, and their bytes are packed by this module.
 """
 
 from __future__ import annotations
 
 import struct
 import time
+from dataclasses import dataclass
 
-from ..sensors.bme280 import Calibration
 from .i2c import EmulatedChip
 
+
+@dataclass(frozen=True)
+class Trimming:
+    """The trimming parameters as named in the datasheet (table 16): dig_T1 -> T1, …"""
+    T1: int; T2: int; T3: int
+    P1: int; P2: int; P3: int; P4: int; P5: int; P6: int; P7: int; P8: int; P9: int
+    H1: int; H2: int; H3: int; H4: int; H5: int; H6: int
+
+
 # Trimming values of the kind real parts carry (humidity ones included).
-TYPICAL = Calibration(T1=28485, T2=26735, T3=50, P1=37730, P2=-10806, P3=3024, P4=7053, P5=-68, P6=-7,
+TYPICAL = Trimming(T1=28485, T2=26735, T3=50, P1=37730, P2=-10806, P3=3024, P4=7053, P5=-68, P6=-7,
                       P7=9900, P8=-10230, P9=4285, H1=75, H2=362, H3=0, H4=313, H5=50, H6=30)
 MEASURE_S = 0.0093  # all oversampling x1: 1.25 + 2.3 + 2.875 + 2.875 ms (appendix 9.1)
 
 
-def float_t(adc_t: int, c: Calibration) -> tuple[float, float]:
+def float_t(adc_t: int, c: Trimming) -> tuple[float, float]:
     var1 = (adc_t / 16384.0 - c.T1 / 1024.0) * c.T2
     var2 = (adc_t / 131072.0 - c.T1 / 8192.0) ** 2 * c.T3
     t_fine = var1 + var2
     return t_fine / 5120.0, t_fine
 
 
-def float_p(adc_p: int, t_fine: float, c: Calibration) -> float:
+def float_p(adc_p: int, t_fine: float, c: Trimming) -> float:
     var1 = t_fine / 2.0 - 64000.0
     var2 = var1 * var1 * c.P6 / 32768.0
     var2 = var2 + var1 * c.P5 * 2.0
@@ -43,7 +53,7 @@ def float_p(adc_p: int, t_fine: float, c: Calibration) -> float:
     return p + (var1 + var2 + c.P7) / 16.0
 
 
-def float_h(adc_h: int, t_fine: float, c: Calibration) -> float:
+def float_h(adc_h: int, t_fine: float, c: Trimming) -> float:
     h = t_fine - 76800.0
     h = (adc_h - (c.H4 * 64.0 + c.H5 / 16384.0 * h)) * (
         c.H2 / 65536.0 * (1.0 + c.H6 / 67108864.0 * h * (1.0 + c.H3 / 67108864.0 * h)))
@@ -62,7 +72,7 @@ def _search(f, target: float, lo: int, hi: int, increasing: bool) -> int:
     return lo
 
 
-def calibration_bytes(c: Calibration) -> tuple[bytes, bytes]:
+def calibration_bytes(c: Trimming) -> tuple[bytes, bytes]:
     a = struct.pack("<HhhHhhhhhhhh", c.T1, c.T2, c.T3, c.P1, c.P2, c.P3, c.P4, c.P5, c.P6, c.P7, c.P8, c.P9)
     a += bytes([0x00, c.H1])  # 0xA0 is not used; 0xA1 = dig_H1
     e4, e5_lo = (c.H4 >> 4) & 0xFF, c.H4 & 0x0F
@@ -73,7 +83,7 @@ def calibration_bytes(c: Calibration) -> tuple[bytes, bytes]:
 
 class BME280Chip(EmulatedChip):
     def __init__(self, temperature_c: float = 23.0, pressure_hpa: float = 1013.25, humidity_pct: float = 45.0,
-                 calibration: Calibration = TYPICAL, chip_id: int = 0x60, clock=time.monotonic):
+                 calibration: Trimming = TYPICAL, chip_id: int = 0x60, clock=time.monotonic):
         super().__init__(clock)
         self.values = {"temperature_c": temperature_c, "pressure_hpa": pressure_hpa, "humidity_pct": humidity_pct}
         self.cal = calibration

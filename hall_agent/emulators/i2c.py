@@ -43,12 +43,24 @@ class EmulatedChip:
 
 
 class EmulatedI2CBus:
-    """Stands in for ``smbus2.SMBus(n)``; chips are attached at addresses."""
+    """Stands in for ``smbus2.SMBus(n)``; chips are attached at addresses.
+
+    As the kernel's i2c-dev does it: ``i2c_rdwr`` is one ``I2C_RDWR`` ioctl,
+    atomic under the adapter's lock, each message carrying its own address.
+    smbus2's register calls (``read_byte_data``, ``read_i2c_block_data``, …)
+    are two ioctls on the shared handle: ``I2C_SLAVE`` sets the handle's
+    address, then ``I2C_SMBUS`` transfers to whatever address the handle has
+    then. Nothing here serialises the two, as nothing does in smbus2: two
+    threads on one handle can talk to each other's chip. Callers lock per bus
+    (``hardware.LockedBus``). ``gap`` (a test hook) runs between the two.
+    """
 
     def __init__(self, bus: int = 1):
         self.bus = bus
         self.chips: dict[int, EmulatedChip] = {}
-        self._lock = threading.Lock()
+        self._adapter = threading.Lock()   # the kernel adapter's lock: one transfer at a time
+        self._address: int | None = None   # the handle's address (ioctl I2C_SLAVE)
+        self.gap = None
         self.transfers = 0
 
     def attach(self, address: int, chip: EmulatedChip) -> EmulatedChip:
@@ -61,9 +73,16 @@ class EmulatedI2CBus:
             raise nack(f"no device at {address:#04x}")
         return chip
 
+    def _set_address(self, address: int) -> None:
+        self._address = address            # ioctl(fd, I2C_SLAVE, address)
+        if self.gap is not None:
+            self.gap(address)
+        else:
+            time.sleep(0)                  # between two system calls another thread may run
+
     # -- smbus2 API -------------------------------------------------------------
     def i2c_rdwr(self, *msgs) -> None:
-        with self._lock:
+        with self._adapter:
             self.transfers += 1
             for msg in msgs:
                 chip = self._chip(msg.addr)
@@ -76,28 +95,37 @@ class EmulatedI2CBus:
                     chip.on_write(bytes(msg))
 
     def write_byte_data(self, address: int, register: int, value: int, force=None) -> None:
-        with self._lock:
-            self._chip(address).on_write(bytes([register, value]))
+        self._set_address(address)
+        with self._adapter:
+            self.transfers += 1
+            self._chip(self._address).on_write(bytes([register, value]))
 
     def write_i2c_block_data(self, address: int, register: int, data: Iterable[int], force=None) -> None:
-        with self._lock:
-            self._chip(address).on_write(bytes([register, *data]))
+        self._set_address(address)
+        with self._adapter:
+            self.transfers += 1
+            self._chip(self._address).on_write(bytes([register, *data]))
 
     def read_byte_data(self, address: int, register: int, force=None) -> int:
-        with self._lock:
-            chip = self._chip(address)
+        self._set_address(address)
+        with self._adapter:
+            self.transfers += 1
+            chip = self._chip(self._address)
             chip.on_write(bytes([register]))
             return chip.on_read(1)[0]
 
     def read_i2c_block_data(self, address: int, register: int, length: int, force=None) -> list[int]:
-        with self._lock:
-            chip = self._chip(address)
+        self._set_address(address)
+        with self._adapter:
+            self.transfers += 1
+            chip = self._chip(self._address)
             chip.on_write(bytes([register]))
             return list(chip.on_read(length))
 
     def write_quick(self, address: int, force=None) -> None:
-        with self._lock:
-            self._chip(address)
+        self._set_address(address)
+        with self._adapter:
+            self._chip(self._address)
 
     def close(self) -> None:
         pass

@@ -1,4 +1,7 @@
-"""Plantower PMS5003 in active mode: a 32-byte frame every ``period_s``."""
+"""Plantower PMS5003: active mode (a 32-byte frame every ``period_s``: 2.3 s in
+the stable mode of the data manual) or passive mode (a frame when asked with
+``42 4D E2``), and asleep (``E4 00``: nothing until ``E4 01``). Independent of
+the driver: its own frame and checksum code."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ def data_frame(pm1: int, pm25: int, pm10: int, cf1: tuple[int, int, int] | None 
 
 
 class PMS5003Device(PtyDevice):
-    def __init__(self, pm1_ugm3: float = 8, pm25_ugm3: float = 12, pm10_ugm3: float = 18, period_s: float = 0.8,
+    def __init__(self, pm1_ugm3: float = 8, pm25_ugm3: float = 12, pm10_ugm3: float = 18, period_s: float = 2.3,
                  **kw):
         self.values = {"pm1_ugm3": pm1_ugm3, "pm25_ugm3": pm25_ugm3, "pm10_ugm3": pm10_ugm3}
         self.stream_period_s = period_s
@@ -50,6 +53,6 @@ class PMS5003Device(PtyDevice):
             self.active = arg == 1
         elif cmd == 0xE4:
             self.sleeping = arg == 0
-        elif cmd == 0xE2 and not self.active:
+        elif cmd == 0xE2 and not self.active and not self.sleeping:
             return self.frame()
         return None

@@ -1,11 +1,52 @@
-"""Sensirion SHT3x, SHT4x, SCD4x and SGP30 at the byte level."""
+"""Sensirion SHT3x, SHT4x, SCD4x and SGP30 at the byte level.
+
+Independent of the drivers (an emulator that shared the driver's helpers
+would agree with a wrong driver): its own CRC-8 (computed bit by bit from
+the datasheets' definition: polynomial 0x31, init 0xFF, no reflection, no
+final XOR; check value CRC(0xBE 0xEF) = 0x92) and its own conversions.
+"""
 
 from __future__ import annotations
 
 import time
 
-from ..sensors.base import celsius_to_ticks, check_words, words_with_crc, SensorChecksumError
 from .i2c import EmulatedChip, nack
+
+
+def crc8(pair: bytes) -> int:
+    crc = 0xFF
+    for byte in pair:
+        for bit in range(7, -1, -1):
+            feedback = ((crc >> 7) ^ (byte >> bit)) & 1
+            crc = (crc << 1) & 0xFF
+            if feedback:
+                crc ^= 0x31
+    return crc
+
+
+def encode_words(words: list[int]) -> bytes:
+    out = bytearray()
+    for w in words:
+        pair = bytes((w >> 8 & 0xFF, w & 0xFF))
+        out += pair + bytes((crc8(pair),))
+    return bytes(out)
+
+
+def decode_args(data: bytes) -> list[int] | None:
+    """Argument words sent to the chip; None if a CRC does not match (the chip NACKs)."""
+    if len(data) % 3:
+        return None
+    words = []
+    for i in range(0, len(data), 3):
+        if crc8(data[i:i + 2]) != data[i + 2]:
+            return None
+        words.append(data[i] << 8 | data[i + 1])
+    return words
+
+
+def celsius_to_ticks(t: float) -> int:
+    """The inverse of T = -45 + 175 * S / (2^16 - 1) (SHT3x, SHT4x, SCD4x datasheets)."""
+    return max(0, min(65535, round((t + 45.0) / 175.0 * 65535.0)))
 
 
 class SensirionChip(EmulatedChip):
@@ -29,15 +70,14 @@ class SensirionChip(EmulatedChip):
         if cmd not in self.commands:
             raise nack(f"unknown command {cmd:#06x}")
         nargs, duration = self.commands[cmd]
-        try:
-            args = check_words(data[w:], "argument") if nargs else []
-        except SensorChecksumError:
-            raise nack("argument CRC") from None
+        args = decode_args(data[w:]) if nargs else []
+        if args is None:
+            raise nack("argument CRC")
         if len(args) != nargs:
             raise nack("wrong argument count")
         self.log.append(cmd)
         words = self.execute(cmd, args)
-        self._pending = None if words is None else words_with_crc(words)
+        self._pending = None if words is None else encode_words(words)
         self._ready_at = self.clock() + duration
 
     def on_read(self, length: int) -> bytes:
@@ -91,8 +131,9 @@ class SHT4xChip(SensirionChip):
 class SCD4xChip(SensirionChip):
     """SCD4x in periodic mode: a measurement every ``period_s`` (5 s on the real part)."""
     commands = {0x21B1: (0, 0.0), 0x3F86: (0, 0.5), 0xE4B8: (0, 0.001), 0xEC05: (0, 0.001),
-                0x2427: (1, 0.001), 0xE000: (1, 0.001), 0x241D: (1, 0.001), 0x3646: (0, 0.02)}
-    IDLE_ONLY = {0x2427, 0x241D, 0x3646}
+                0x2427: (1, 0.001), 0xE000: (1, 0.001), 0x241D: (1, 0.001), 0x3646: (0, 0.02),
+                0x2416: (1, 0.001), 0x2313: (0, 0.001)}
+    IDLE_ONLY = {0x2427, 0x241D, 0x3646, 0x2416, 0x2313}
 
     def __init__(self, co2_ppm: float = 600, temperature_c: float = 23.0, humidity_pct: float = 45.0,
                  period_s: float = 5.0, stop_s: float = 0.5, clock=time.monotonic):
@@ -106,6 +147,7 @@ class SCD4xChip(SensirionChip):
         self.buffer: list[int] | None = None
         self.altitude_m = 0
         self.pressure_hpa: int | None = None
+        self.asc = True   # automatic self-calibration: on from the factory
 
     def _measure(self) -> list[int]:
         v = self.values
@@ -145,6 +187,10 @@ class SCD4xChip(SensirionChip):
             self.altitude_m = args[0]
         elif cmd == 0xE000:
             self.pressure_hpa = args[0]
+        elif cmd == 0x2416:
+            self.asc = bool(args[0])
+        elif cmd == 0x2313:
+            return [1 if self.asc else 0]
         return None
 
 
@@ -161,6 +207,7 @@ class SGP30Chip(SensirionChip):
         self.baseline = (0x8E68, 0x8F41)  # (eCO2, TVOC), as get_iaq_baseline returns them
         self.restored_baseline: tuple[int, int] | None = None
         self.absolute_humidity: int | None = None
+        self.measure_times: list[float] = []   # when measure_iaq came (the datasheet wants 1 Hz)
 
     def execute(self, cmd, args):
         if cmd == 0x2003:
@@ -169,6 +216,7 @@ class SGP30Chip(SensirionChip):
         if cmd in (0x2008, 0x2015, 0x201E) and self.init_at is None:
             raise nack("iaq_init first")
         if cmd == 0x2008:
+            self.measure_times.append(self.clock())
             if self.clock() - self.init_at < self.warmup_s:
                 return [400, 0]
             return [max(0, min(65535, round(self.values["eco2_ppm"]))),

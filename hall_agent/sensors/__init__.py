@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Sensor, SensorAbsent, SensorChecksumError, SensorError, SensorTimeout, sensirion_crc
+from .base import (Sensor, SensorAbsent, SensorChecksumError, SensorError, SensorTimeout, SensorWarmup,
+                   sensirion_crc)
 from .bme280 import BME280
 from .ds18b20 import DS18B20
 from .mhz19 import MHZ19
@@ -26,7 +27,7 @@ DRIVERS: dict[str, type[Sensor]] = {
     "mhz19": MHZ19, "pms5003": PMS5003, "ze08": ZE08, "ds18b20": DS18B20,
 }
 
-__all__ = ["DRIVERS", "Sensor", "SensorAbsent", "SensorChecksumError", "SensorError", "SensorTimeout",
+__all__ = ["DRIVERS", "Sensor", "SensorAbsent", "SensorChecksumError", "SensorError", "SensorTimeout", "SensorWarmup",
            "create", "sensirion_crc"]
 
 

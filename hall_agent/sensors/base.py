@@ -6,7 +6,8 @@ Errors (all raised by ``read()``, never a wrong number)::
     SensorError              a reading could not be made; .reason says why
     ├── SensorAbsent         nothing answers: no ACK on I2C, port missing, file missing
     ├── SensorChecksumError  a CRC or checksum did not match, or a frame was malformed
-    └── SensorTimeout        the part did not answer (or had no data) in time
+    ├── SensorTimeout        the part did not answer (or had no data) in time
+    └── SensorWarmup         the part is warming up (or asleep): no reading, and no fault
 """
 
 from __future__ import annotations
@@ -51,6 +52,12 @@ class SensorTimeout(SensorError):
     kind = "timeout"
 
 
+class SensorWarmup(SensorError):
+    """Not a reading and not a failure: the part's documented warm-up (SGP30's
+    first 15 s, MH-Z19 preheat, PMS5003 after wake) or a part put to sleep."""
+    kind = "warmup"
+
+
 class Sensor:
     """A driver: ``start()`` once (``create`` does it), then ``read()`` as often as needed."""
 
@@ -58,6 +65,11 @@ class Sensor:
     #: if set, the loop samples this often and publishes the latest sample every
     #: interval_s (a part such as the SGP30 must be measured once a second)
     sample_s: ClassVar[float | None] = None
+    #: the part's own measurement period: ``interval_s`` may not be shorter (config check)
+    period_s: ClassVar[float | None] = None
+    #: the longest a read may take by the datasheet (first read after start included);
+    #: the loop's read timeout covers it
+    read_timeout_s: ClassVar[float] = 2.0
 
     def start(self) -> None:
         """Bring the part into measuring state (idempotent)."""

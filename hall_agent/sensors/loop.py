@@ -16,7 +16,7 @@ from concurrent.futures import Future, TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Callable
 
-from .base import Sensor, SensorError, SensorTimeout
+from .base import Sensor, SensorError, SensorTimeout, SensorWarmup
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +33,14 @@ class SensorSpec:
 
     @property
     def period(self) -> float:
-        return min(self.sample_s, self.interval_s) if self.sample_s else self.interval_s
+        """How often the part is read: its own sampling rate where it has one (SGP30:
+        exactly 1 Hz, whatever interval_s says), else interval_s."""
+        return self.sample_s if self.sample_s else self.interval_s
 
     @property
     def read_timeout(self) -> float:
+        """``timeout_s`` where given (the driver's documented worst case, from hardware.py),
+        else between 2 and 15 s by the period."""
         return self.timeout_s or max(2.0, min(self.period, 15.0))
 
 
@@ -80,6 +84,7 @@ class SensorRunner:
         self.last_values: dict[str, float] | None = None
         self.last_ok_at: float | None = None  # monotonic time of the last good read
         self.reads = 0
+        self.warming: str | None = None   # why the part gives no reading yet (warm-up, asleep)
         self._pending: Future | None = None
         self._executor = _DaemonReads(f"read-{spec.id}")
         self._stop = threading.Event()
@@ -122,6 +127,11 @@ class SensorRunner:
         except FutureTimeout:
             self._failed(SensorTimeout(f"{spec.model}: read took longer than {spec.read_timeout:g} s"))
             return None
+        except SensorWarmup as e:  # documented warm-up or asleep: no reading, no failure
+            if self.warming != e.reason:
+                log.info("sensor %s: %s", spec.id, e.reason)
+            self.warming = e.reason
+            return None
         except SensorError as e:
             self._failed(e)
             return None
@@ -130,6 +140,7 @@ class SensorRunner:
             self._failed(SensorError(f"{spec.model}: driver error {type(e).__name__}: {e}"))
             return None
         self.reads += 1
+        self.warming = None
         self.last_values = values
         self.last_ok_at = self.clock()
         self.failures = 0
@@ -177,7 +188,7 @@ class SensorRunner:
             if latest is not None and self.clock() >= next_publish - 1e-3:
                 self.on_reading(spec.id, spec.model, latest)
                 latest = None
-                next_publish = self.clock() + spec.interval_s
+                next_publish = self.clock() + max(spec.interval_s, spec.period)
 
 
 class SensorLoop:

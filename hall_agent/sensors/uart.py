@@ -94,6 +94,7 @@ class SerialPort:
         self.timeout_s = timeout_s
         self.model = model
         self._serial: serial.SerialBase | None = None
+        self.opens = 0   # successful opens: a part whose adapter powers it was powered up again at each
 
     def _open(self) -> serial.SerialBase:
         if self._serial is None:
@@ -105,6 +106,7 @@ class SerialPort:
                 if getattr(e, "errno", None) in (errno.EACCES, errno.EPERM):
                     raise SensorPermission.opening(self.port, e) from None
                 raise SensorAbsent(f"{self.model}: cannot open {self.port} ({e})") from None
+            self.opens += 1
         return self._serial
 
     def _lost(self, e: Exception) -> SensorAbsent:
