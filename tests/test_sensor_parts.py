@@ -97,7 +97,8 @@ def test_sgp30_frames_measure_and_set_baseline_word_order(tmp_path):
     rec = Recording(bus)
     s = sensors.create("sgp30", bus=rec, baseline_file=tmp_path / "b.json", warmup_s=0)
     # set_iaq_baseline 0x201E takes TVOC first, then eCO2 (datasheet 6.3), each word with its CRC
-    assert bytes.fromhex("201e") + words_with_crc([0x8F41, 0x8E68]) in rec.frames
+    assert bytes.fromhex("201e" "8f4137" "8e68cd") in rec.frames
+    assert words_with_crc([0x8F41, 0x8E68]) == bytes.fromhex("8f41378e68cd")
     assert chip.restored_baseline == (0x8E68, 0x8F41)
     chip.set(eco2_ppm=0x01A0, tvoc_ppb=0x0020)
     assert s.read() == {"eco2_ppm": 416.0, "tvoc_ppb": 32.0}     # measure_iaq answers eCO2 first, then TVOC
@@ -440,3 +441,21 @@ def test_config_check_refuses_an_interval_below_the_parts_period_with_key_path_a
     assert "sensors[0].interval_s: 2 s is below 5 s: an SCD4x gives a new sample only every 5 s" in text
     assert "sensors[1].interval_s: 1 s is below 2.3 s" in text
     assert "sensors[2].asc: only the scd4x driver takes this setting" in text
+
+
+def test_hardware_wires_the_part_switches_and_the_business_hours(tmp_path):
+    from hall_agent.config import validate
+    from hall_agent.hardware import Hardware
+    s = validate({"hall": {"id": "h", "city": "c", "branch": "b"},
+                  "sensors": [{"id": "co2", "driver": "scd4x", "interval_s": 5, "asc": False},
+                              {"id": "co2b", "driver": "mhz19", "port": "/dev/ttyUSB0", "abc": False},
+                              {"id": "pm", "driver": "pms5003", "port": "/dev/ttyUSB1", "sleep_when_closed": True},
+                              {"id": "pm2", "driver": "pms5003", "port": "/dev/ttyUSB2"}]})
+    hw = Hardware(s, tmp_path)
+    opts = {c.id: hw.sensor_options(c) for c in s.sensors}
+    assert opts["co2"]["asc"] is False and opts["co2b"]["abc"] is False and "awake" not in opts["pm2"]
+    assert opts["pm"]["awake"]() is True                     # hours not known yet: awake
+    hw.is_open = lambda: False
+    assert opts["pm"]["awake"]() is False
+    specs = {sp.id: sp for sp in hw.sensor_specs()}
+    assert specs["co2"].read_timeout >= 7.5                  # the SCD4x's first read after a start
