@@ -174,6 +174,7 @@ class SensorRunner:
         next_read = self.clock()
         next_publish = self.clock()
         latest: dict[str, float] | None = None
+        anchored = False
         while not self._stop.is_set():
             delay = next_read - self.clock()
             if delay > 0 and self._stop.wait(delay):
@@ -185,10 +186,17 @@ class SensorRunner:
             values = self.read_once()
             if values is not None:
                 latest = values
+                if not anchored:  # the rhythm starts at the first reading: a part's start can take
+                    anchored = True  # seconds (an SCD4x's first sample comes 5.5 s after its start)
+                    next_read = self.clock() + spec.period
+                    next_publish = self.clock()
             if latest is not None and self.clock() >= next_publish - 1e-3:
                 self.on_reading(spec.id, spec.model, latest)
                 latest = None
-                next_publish = self.clock() + max(spec.interval_s, spec.period)
+                step = max(spec.interval_s, spec.period)
+                next_publish += step  # on the reads' grid: a slow read does not skip the next publish
+                if next_publish <= self.clock():
+                    next_publish = self.clock() + step
 
 
 class SensorLoop:
