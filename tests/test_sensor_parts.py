@@ -459,3 +459,34 @@ def test_hardware_wires_the_part_switches_and_the_business_hours(tmp_path):
     assert opts["pm"]["awake"]() is False
     specs = {sp.id: sp for sp in hw.sensor_specs()}
     assert specs["co2"].read_timeout >= 7.5                  # the SCD4x's first read after a start
+
+
+def test_the_loops_rhythm_starts_at_the_first_reading_and_no_publish_is_skipped():
+    """An SCD4x's first reading comes 5.5 s after its start; with interval_s 10 the
+    readings must then come every 10 s (not 5.5, 20, 30: a threshold's for_s of 10 s
+    would need a third reading). On a fake clock, the loop's waits advance it."""
+    from hall_agent.clock import FakeClock
+    from hall_agent.sensors import Sensor
+    from hall_agent.sensors.loop import SensorRunner, SensorSpec
+    clock = FakeClock(mono=0.0)
+
+    class SlowStart(Sensor):
+        model = "slow"
+        reads = 0
+
+        def read(self):
+            clock.advance(5.5 if SlowStart.reads == 0 else 0.01)
+            SlowStart.reads += 1
+            return {"co2_ppm": 600.0}
+    published = []
+    runner = SensorRunner(SensorSpec("co2", "slow", 10.0, 3, SlowStart, timeout_s=30),
+                          lambda *a: published.append(round(clock.monotonic(), 2)), lambda *a: None,
+                          lambda *a: None, clock=clock.monotonic)
+
+    def wait(delay):
+        clock.advance(max(0.0, delay))
+        return clock.monotonic() > 36
+    runner._stop.wait = wait
+    runner._run()
+    runner._executor.shutdown(wait=True)
+    assert published == [5.5, 15.51, 25.51, 35.51]
