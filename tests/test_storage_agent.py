@@ -431,3 +431,40 @@ def test_a_one_shot_check_holds_the_state_folders_lock_while_it_runs(tmp_path):
         if check.poll() is None:
             check.kill()
             check.wait()
+
+
+def test_corruption_met_while_running_is_reported_and_the_active_alerts_published_again(broker, tmp_path,
+                                                                                         monkeypatch):
+    """Item 3: SQLite says the file is corrupt on a write after open: the agent sets it aside,
+    says outbox-corrupt (critical) and publishes its active alerts again (their retained
+    topics and their state live on in the new outbox)."""
+    monkeypatch.setattr(ob, "RETRY_S", 0.2)
+    rec = Recorder(broker.port, [f"{BASE}/alert/#", f"{BASE}/event"])
+    agent = Agent(settings_for(broker.port, tmp_path / "state"), simulate=True)
+    once = threading.Event()
+
+    def corrupt_once(site):
+        if site == "commit" and once.is_set():
+            once.clear()
+            raise sqlite3.DatabaseError("database disk image is malformed")
+
+    agent.outbox.fault = corrupt_once
+    agent.start()
+    try:
+        assert wait_until(lambda: agent.link.connected, 10)
+        agent.hardware.control("input", "panic.1", b"pressed", agent.devices)
+        assert rec.wait_for(lambda r: alert_docs(r, "panic"), 10)
+        once.set()
+        agent.emit(agent.events.agent("after", {}))  # meets the "corruption"
+        corrupt = lambda r: [e for e in r.payloads("/event") if e["data"].get("event") == "outbox-corrupt"]
+        assert rec.wait_for(corrupt, 10)
+        assert corrupt(rec)[0]["severity"] == "critical" and corrupt(rec)[0]["moment"]["priority"] == 1
+        assert rec.wait_for(lambda r: len(alert_docs(r, "panic")) >= 2, 10)  # published again
+        assert list((tmp_path / "state").glob("outbox.sqlite3.corrupt-*"))
+        assert wait_until(lambda: agent.outbox.failed is None, 5)
+        assert "alert/panic/panic.1" in agent.outbox.state_items("alert/")
+        events = [e["data"].get("event") for e in rec.payloads("/event")]
+        assert "after" in events  # held in memory, then written to the new outbox and sent
+    finally:
+        agent.stop()
+        rec.close()

@@ -477,3 +477,64 @@ def test_legacy_alerts_json_is_imported_and_a_damaged_one_set_aside(tmp_path):
         assert list(tmp_path.glob("alerts.json.damaged-*"))  # set aside, not destroyed
     finally:
         box.close()
+
+
+# -- overflow accounting (item 10) ---------------------------------------------------------------
+
+def test_every_dropped_seq_is_reported_in_parts_at_most_once_a_minute_and_costs_less_than_it_freed(
+        tmp_path, monkeypatch):
+    """Interleaved readings and events make thousands of one-seq gaps: every one is named
+    (in parts of at most OVERFLOW_RANGES ranges), the reports come at most once a minute,
+    and they take fewer outbox bytes than the drops freed."""
+    now = [1000.0]
+    monkeypatch.setattr(ob.time, "monotonic", lambda: now[0])
+    reports: list[Dropped] = []
+
+    def on_overflow(d: Dropped):
+        reports.append(d)
+        return EVENTS.agent("outbox-overflow", {"dropped": d.count, "ranges": [list(r) for r in d.ranges],
+                                                "part": d.part, "of": d.parts}, severity="warning")
+
+    box = Outbox(tmp_path / "o.db", max_bytes=200_000, on_overflow=on_overflow)
+    try:
+        kinds = {}
+        for i in range(6000):
+            env = EVENTS.reading("co2.a", "mhz19", {"co2_ppm": i}) if i % 2 else EVENTS.agent("door", {"n": i})
+            seq = box.enqueue(env)
+            if seq is not None:
+                kinds[seq] = env.type
+            now[0] += 0.01  # 60 s of traffic
+        first = len(reports)
+        assert first == 1  # the first drop is reported at once, the rest wait for the minute
+        assert box.unreported_drops
+        now[0] += 61
+        box.enqueue(EVENTS.agent("tick"))
+        parts = reports[first:]
+        assert parts and all(len(p.ranges) <= ob.OVERFLOW_RANGES for p in parts)
+        assert [p.part for p in parts] == list(range(1, len(parts) + 1)) and {p.parts for p in parts} == {len(parts)}
+        named = {s for d in reports for a, b in d.ranges for s in range(a, b + 1)}
+        assert len(named) == sum(d.count for d in reports) == box.dropped_total - len(
+            {s for a, b in box.unreported_drops for s in range(a, b + 1)})
+        assert {kinds[s] for s in named} == {"reading"}
+        rows = box.take(100_000)
+        report_bytes = sum(r.size for r in rows if b"outbox-overflow" in r.payload)
+        reading = EVENTS.reading("co2.a", "mhz19", {"co2_ppm": 1})
+        smallest = len(reading.encode(1)) + len(reading.routes[0].topic) + ob.ROW_OVERHEAD
+        freed = sum(d.count for d in reports) * smallest
+        assert len(parts) > 1  # more ranges than one report holds
+        assert report_bytes < freed
+    finally:
+        box.close()
+
+
+def test_a_reading_with_nothing_left_to_drop_is_refused_without_a_seq(tmp_path):
+    box = Outbox(tmp_path / "o.db", max_bytes=3000, on_overflow=lambda d: None)
+    try:
+        seqs = [box.enqueue(EVENTS.agent("door", {"pad": "x" * 200})) for _ in range(20)]
+        assert box.bytes > 3000  # events are never dropped
+        before = box.bytes
+        assert box.enqueue(EVENTS.reading("co2.a", "mhz19", {"co2_ppm": 1})) is None
+        assert box.bytes == before and box.refused_total == 1
+        assert box.enqueue(EVENTS.agent("next")) == seqs[-1] + 1  # no gap for the refused reading
+    finally:
+        box.close()
