@@ -249,6 +249,10 @@ class AlarmBook:
         out.sort(key=lambda w: (w["until"], w["rule"], w["source"]))
         return out
 
+    def held_quiet(self) -> list[tuple[str, str]]:
+        """Alerts flapping holds active while their condition is off."""
+        return [k for k, e in self.entries.items() if e.flapping and not e.condition]
+
     def retained_alerts(self) -> list[Handled]:
         """Every active alert as it should stand on its retained topic (a rebirth)."""
         return [self._make(e, True) for e in self.entries.values()]
@@ -289,10 +293,11 @@ class AlarmBook:
         if e is None:  # the rules cleared what this book never saw (its state was lost): say it cleared
             e = Entry(alert=alert, escalation=LEVELS[0] if alert.priority == 1 else None)
             return [self._publish(e, False)]
-        e.condition = False
+        was_on, e.condition = e.condition, False
         e.alert.message = alert.message or e.alert.message
         if e.flapping:
-            e.quiet_since = mono
+            if was_on or e.quiet_since is None:  # quiet from now (already quiet: it stays so since then)
+                e.quiet_since = mono
             return []
         if alert.rule != "panic" and len(self._recent(key, mono)) >= self.policy.flap_count:
             e.flapping, e.quiet_since = True, mono
@@ -583,6 +588,11 @@ class AlarmBook:
             e = self.entries.get(key)
             if o.active and e is not None and o.version == 1:
                 del self.entries[key]
+                times = self.raises.get(key)
+                if times:  # a raise that never went out does not count towards flapping
+                    times.pop()
+                    if not times:
+                        del self.raises[key]
             elif not o.active and e is None and key in self._closed:
                 e = self._closed.pop(key)
                 e.alert.cleared_at = None
@@ -686,6 +696,8 @@ class AlarmBook:
                 self._escalation_clock(e, mono)
                 self.entries[key] = e
                 e.published = -1  # never published with its handling
+            if e.flapping and not e.condition:
+                continue  # restored from its (held) publication, not from its condition: still quiet
             e.condition = True
             e.quiet_since = None
         for key, e in list(self.entries.items()):

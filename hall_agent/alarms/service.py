@@ -141,6 +141,10 @@ class AlarmService:
         def run(mono, wall):
             self.book.synced = self.clock.synced()
             outs = self.book.reconcile(dict(engine_active), known_sources, mono, wall)
+            for key in self.book.held_quiet():
+                # restored from its held publication, not from a condition: the rules hold it again
+                # only when its part reports the condition again (the book swallows that raise)
+                engine_active.pop(key, None)
             if not any(isinstance(o, MaintenanceList) for o in outs) and \
                     self.book.window_list() != self.book.published_windows:
                 outs.append(MaintenanceList(self.book.window_list()))  # changed while the agent was down
