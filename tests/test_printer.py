@@ -141,3 +141,36 @@ def test_one_late_reply_is_not_offline_but_fault_after_silent_polls_are():
     finally:
         monitor.reader.close()
         p.close()
+
+
+def test_unsupported_is_learnt_after_exactly_3_silent_polls_and_a_reply_resets_the_count():
+    p = EscPosPrinter(unsupported={4})
+    try:
+        reader = EscPosStatusReader(p.port, timeout_s=0.15)
+        reader.read()
+        reader.read()
+        assert reader.unsupported == set()                    # 2 misses: not yet
+        p.unsupported = set()                                 # it answers after all (it was busy)
+        assert reader.read().paper == "ok"
+        p.unsupported = {4}
+        reader.read()
+        reader.read()
+        assert reader.unsupported == set()                    # the count started again
+        reader.read()
+        assert reader.unsupported == {4}
+    finally:
+        p.close()
+
+
+def test_a_missing_n2_does_not_stop_n3_and_n4_from_being_asked():
+    p = EscPosPrinter(unsupported={2})
+    try:
+        reader = EscPosStatusReader(p.port, timeout_s=0.15)
+        for _ in range(3):
+            reader.read()
+        assert reader.unsupported == {2}
+        p.set(error="autocutter", paper="near_end")
+        state = reader.read()
+        assert state.error == "autocutter error" and state.paper == "near_end" and state.cover_open is None
+    finally:
+        p.close()

@@ -490,3 +490,37 @@ def test_the_loops_rhythm_starts_at_the_first_reading_and_no_publish_is_skipped(
     runner._run()
     runner._executor.shutdown(wait=True)
     assert published == [5.5, 15.51, 25.51, 35.51]
+
+
+def test_range_edges_are_readings(devices):
+    """The edges of each range are readings: MH-Z19 10 000 ppm, ZE08 at its full range;
+    preheat ends at exactly 180 s; a full range of 0 or a decimals byte is refused."""
+    from hall_agent.emulators.winsen import MHZ19Device, ZE08Device, frame
+    dev = devices(MHZ19Device, co2_ppm=10000)
+    uptime = [180.0]
+    s = sensors.create("mhz19", port=dev.port, uptime=lambda: uptime[0])
+    assert s.read() == {"co2_ppm": 10000.0}
+    ze = devices(ZE08Device, period_s=0.1)
+    z = sensors.create("ze08", port=ze.port)
+    ze.raw_ppb = 5000
+    assert z.read()["hcho_mgm3"] == pytest.approx(6.141, abs=0.001)
+    ze.full_range_ppb = 0
+    ze.raw_ppb = 0
+    with pytest.raises(SensorError, match="full range"):
+        z.read()
+
+    class Decimals(ZE08Device):
+        def stream_frame(self):
+            return frame(bytes([0xFF, 0x17, 0x04, 0x01, 0x00, 0x25, 0x13, 0x88]))
+    zd = devices(Decimals, period_s=0.1)
+    with pytest.raises(SensorError, match="decimals"):
+        sensors.create("ze08", port=zd.port).read()
+
+
+def test_mhz19_abc_is_sent_once_per_port_open(devices):
+    from hall_agent.emulators.winsen import MHZ19Device
+    dev = devices(MHZ19Device)
+    s = sensors.create("mhz19", port=dev.port, abc=False, uptime=lambda: 1e6)
+    for _ in range(3):
+        s.read()
+    assert sum(r[2] == 0x79 for r in dev.requests) == 1

@@ -132,3 +132,22 @@ def test_newer_temperature_attribute_with_the_same_checks(tmp_path):
     dev.write()
     with pytest.raises(SensorError, match="outside"):
         s.read()
+
+
+def test_w1_slave_is_preferred_when_both_files_exist(tmp_path):
+    from hall_agent.emulators.w1 import scratchpad
+    pad = scratchpad(raw=0x0550, byte6=0x0C)                 # a failed conversion in the scratchpad
+    s = w1(tmp_path, w1_slave_text(pad))
+    (tmp_path / DEV / "temperature").write_text("85000\n")  # the bare attribute cannot tell
+    with pytest.raises(SensorError, match="conversion failed"):
+        s.read()
+
+
+@pytest.mark.parametrize("text", [
+    "72 01 4b 46 7f ff 0e 10 57 : crc=57 YES\nnonsense\n",                      # second line broken
+    "72 01 4b 46 7f ff 0e 10 57 : crc=57 NO\n72 01 4b 46 7f ff 0e 10 57 t=23125\n",  # kernel says NO
+    "72 01 4b 46 7f ff 0e 10 58 : crc=58 YES\n72 01 4b 46 7f ff 0e 10 58 t=23125\n",  # our CRC disagrees
+])
+def test_any_one_failed_check_is_enough(tmp_path, text):
+    with pytest.raises(SensorChecksumError):
+        w1(tmp_path, text).read()
