@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone as _tz
 from functools import lru_cache
 from pathlib import Path
@@ -66,6 +66,9 @@ class YearFacts:
     closed: frozenset[date]
     makeup: frozenset[date]
     confirmed_until: date | None   # the package's official schedule ends here (None: no such limit)
+    #: the version of the package these facts came from (the one imported in this process,
+    #: which is not the installed one after an upgrade without a restart); None: not known
+    source_version: str | None = field(default=None, compare=False)
 
     def as_json(self, version: str, country: str, year: int) -> dict:
         return {"format": CACHE_FORMAT, "holidays_version": version, "country": country, "year": year,
@@ -96,7 +99,7 @@ def year_facts(code: str, year: int) -> YearFacts:
     closed = frozenset(d for d in table.keys() if d.year == year)
     makeup = frozenset(d for d in getattr(table, "weekend_workdays", ()) if d.year == year
                        and table.is_working_day(d))
-    return YearFacts(closed, makeup, _official_until(table))
+    return YearFacts(closed, makeup, _official_until(table), getattr(holidays, "__version__", None))
 
 
 def _official_until(table) -> date | None:
@@ -147,11 +150,18 @@ class BusinessCalendar:
             except (OSError, ValueError):
                 pass
         facts = self._facts_of(country, year)
+        made_by = facts.source_version or self.version
+        if made_by != self.version:
+            # the package was upgraded while this process runs (a reload, not a restart): the module
+            # in memory is the old one. Its facts are filed under its own version, so that the next
+            # start (which imports the new package) does not take them for the new package's.
+            log.warning("holidays %s is installed but %s is loaded: restart hall-agent to use the new "
+                        "package's calendar", self.version, made_by)
         if cache is not None:
             try:
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 tmp = cache.with_suffix(".tmp")
-                tmp.write_text(json.dumps(facts.as_json(self.version, country, year)))
+                tmp.write_text(json.dumps(facts.as_json(made_by, country, year)))
                 tmp.replace(cache)
                 for old in cache.parent.glob(f"holidays-{country}-*.json"):  # the old format: labels, keyed by year only
                     old.unlink(missing_ok=True)

@@ -1,5 +1,6 @@
 """The business calendar over known dates."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -107,9 +108,34 @@ def test_holiday_facts_are_cached_by_package_version(tmp_path):
     c2 = BusinessCalendar(HoursSection(), "Asia/Shanghai", cache_dir=tmp_path, facts=facts, version="0.109")
     assert c2.hours_on(date(2026, 11, 27)) is None and calls == []
     # the package was upgraded: the file of the old version is not used, and is replaced
-    c3 = BusinessCalendar(HoursSection(), "Asia/Shanghai", cache_dir=tmp_path, facts=facts, version="0.110")
+    def upgraded(code, year):
+        calls.append((code, year))
+        return dataclasses.replace(year_facts(code, year), source_version="0.110")
+    c3 = BusinessCalendar(HoursSection(), "Asia/Shanghai", cache_dir=tmp_path, facts=upgraded, version="0.110")
     assert c3.hours_on(date(2026, 11, 27)) == (time(8, 30), time(17, 30)) and calls == [("CN", 2026)]
     assert json.loads((tmp_path / "calendar-CN-2026.json").read_text())["holidays_version"] == "0.110"
+
+
+def test_an_upgrade_without_a_restart_does_not_file_the_old_package_under_the_new_version(tmp_path, caplog):
+    """``pip install -U holidays`` then a reload (SIGHUP): the installed version is new, the module
+    in memory is still the old one. Its facts must not be cached as the new version's, or the
+    restart that follows would read the old package's calendar under the new key for good."""
+    import holidays
+    loaded = holidays.__version__
+    c = BusinessCalendar(HoursSection(), "Asia/Shanghai", cache_dir=tmp_path, version="99.0")  # installed: 99.0
+    assert c.hours_on(date(2026, 10, 1)) is None
+    cached = json.loads((tmp_path / "calendar-CN-2026.json").read_text())
+    assert cached["holidays_version"] == loaded
+    assert "restart hall-agent" in caplog.text
+    # the restart: the new package is imported, and the file is not taken for its facts
+    calls = []
+
+    def new_package(code, year):
+        calls.append(year)
+        return YearFacts(frozenset({date(2026, 11, 27)}), frozenset(), date(2027, 12, 31), "99.0")
+    after = BusinessCalendar(HoursSection(), "Asia/Shanghai", cache_dir=tmp_path, facts=new_package, version="99.0")
+    assert after.hours_on(date(2026, 11, 27)) is None and calls == [2026]
+    assert after.confirmed_until(date(2026, 12, 1)) == date(2027, 12, 31)
 
 
 def test_an_old_label_cache_is_ignored_and_removed(tmp_path):
