@@ -317,3 +317,31 @@ def test_a_local_check_that_passes_clears_check_failed(tmp_path, broker):
             box.close()
     finally:
         rec.close()
+
+
+def test_a_probe_in_flight_when_the_equipment_is_switched_on_is_not_published():
+    """The background probe of equipment that is off takes up to its timeout (no answer). If the
+    opening check switches it on meanwhile, that probe's "unreachable" is from before the switch:
+    it must not become the result of equipment now on (a false equipment-unreachable)."""
+    import threading
+    from types import SimpleNamespace
+    from hall_agent.devices.equipment import EquipmentMonitor
+    started, release = threading.Event(), threading.Event()
+    answers = []
+
+    def slow_probe(url, timeout_s):
+        started.set()
+        release.wait(5)
+        return ProbeResult(False, None, "no answer within 3 s")  # it was off when probed
+    mon = EquipmentMonitor([SimpleNamespace(id="kiosk.1", probe="tcp://127.0.0.1:9")],
+                           lambda eid, result, changed: answers.append(result), probe_fn=slow_probe)
+    background = threading.Thread(target=mon._probe, args=(mon.items[0],))
+    background.start()
+    assert started.wait(5)
+    mon.hold("kiosk.1", 20.0)  # switched on while that probe waits for its timeout
+    release.set()
+    background.join(5)
+    assert "kiosk.1" not in mon.results and answers == []
+    # the first probe after settling (here forced, as the check does) is the one that counts
+    mon.probe_fn = lambda url, timeout_s: ProbeResult(True, 1.0, "connected")
+    assert mon.probe_now("kiosk.1").reachable is True and mon.results["kiosk.1"].reachable is True

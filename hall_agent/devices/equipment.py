@@ -68,6 +68,7 @@ class EquipmentMonitor:
         self.timeout_s = timeout_s
         self.results: dict[str, ProbeResult] = {}
         self._held: dict[str, float] = {}  # equipment id -> monotonic time its settling ends
+        self._switched: dict[str, int] = {}  # equipment id -> how often it was switched on (hold)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(e,), name=f"probe-{e.id}", daemon=True)
@@ -81,6 +82,7 @@ class EquipmentMonitor:
     def hold(self, equipment_id: str, settle_s: float) -> None:
         """Just switched on: forget the previous result and probe it no sooner than
         ``settle_s`` (monotonic) from now; until then it is ``reachable: null``."""
+        self._switched[equipment_id] = self._switched.get(equipment_id, 0) + 1
         self.results.pop(equipment_id, None)
         self._held[equipment_id] = time.monotonic() + settle_s
 
@@ -96,7 +98,10 @@ class EquipmentMonitor:
             if not force and time.monotonic() < held:
                 return None  # still settling
             self._held.pop(e.id, None)
+        switched = self._switched.get(e.id, 0)
         result = self.probe_fn(e.probe, self.timeout_s)
+        if self._switched.get(e.id, 0) != switched:
+            return None  # switched on while this probe ran: its answer is from before (off), not a result
         previous = self.results.get(e.id)
         self.results[e.id] = result
         self.on_result(e.id, result, previous is None or previous.reachable != result.reachable)
