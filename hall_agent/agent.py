@@ -174,6 +174,10 @@ class Agent:
     def _on_device(self, kind: str, source: str, data: dict) -> None:
         """Input, printer and equipment states, for the rules."""
         if kind == "gpio":
+            watcher = self.devices.inputs.get(source)
+            if data["reason"] is None and ("panic", source) in self.engine.active and watcher is not None \
+                    and watcher.latch is not None:
+                watcher.latch.alarm = True  # claimed only now: the panic restored from before stays latched
             self.alerts.feed(lambda now: self.engine.gpio(source, data["reason"], now))
         elif kind in ("door", "panic", "motion", "reset"):
             held = next((c.held_open_s for c in self.settings.inputs if c.id == source), None)

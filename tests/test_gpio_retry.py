@@ -57,3 +57,42 @@ def test_the_gpio_unavailable_alert_is_raised_and_held(broker, tmp_path):
     finally:
         agent.kill()
         rec.close()
+
+
+def test_a_panic_held_from_before_stays_latched_when_its_pin_is_claimed_late(tmp_path, monkeypatch):
+    from hall_agent.agent import Agent
+    from hall_agent.simulation import Simulation
+    from mqtt_helpers import free_port
+    settings = validate({"hall": {"id": "zg-001", "city": "zigong", "branch": "ziliujing"},
+                         "mqtt": {"host": "127.0.0.1", "port": free_port()}, "storage": {"dir": str(tmp_path / "s")},
+                         "inputs": [{"id": "panic.1", "kind": "panic", "pin": 22, "contact": "nc"}]})
+    first = Agent(settings, simulate=True)
+    first.alerts.feed(lambda now: first.engine.input("panic", "panic.1", "alarm", now))
+    first.outbox.close()
+    first.hardware.close()
+
+    made = Simulation.pin_factory
+    blockers = []
+
+    def busy_22(self):
+        factory = made(self)
+        if not blockers:
+            blockers.append(Button(22, pin_factory=factory))  # another program holds the pin
+        return factory
+
+    monkeypatch.setattr(Simulation, "pin_factory", busy_22)
+    agent = Agent(settings, simulate=True)
+    try:
+        agent._restore_alerts()
+        agent.devices.start()
+        assert "panic.1" in agent.devices.unavailable
+        assert {("panic", "panic.1"), ("gpio-unavailable", "panic.1")} <= set(agent.engine.active)
+        blockers[0].close()
+        assert agent.devices.retry_unavailable() == ["panic.1"]
+        assert agent.devices.input_states()["panic.1"] == "alarm"  # still latched: not lost, not raised again
+        assert ("gpio-unavailable", "panic.1") not in agent.engine.active
+        assert ("panic", "panic.1") in agent.engine.active
+    finally:
+        agent.devices.stop()
+        agent.outbox.close()
+        agent.hardware.close()
