@@ -4,6 +4,7 @@ whose usual MQTT port is taken by a broker the demo did not start."""
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -92,6 +93,12 @@ def test_demo_from_a_clean_clone_with_the_usual_port_taken(broker, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        # a demo cut short (a failed assertion, a timeout) leaves its own broker: stop it too
+        pidfile = tmp_path / "state" / "hall-agent" / "demo" / "mosquitto.pid"
+        try:
+            os.kill(int(pidfile.read_text().split()[0]), signal.SIGTERM)
+        except (OSError, ValueError, IndexError):
+            pass
         if rec is not None:
             rec.close()
         foreign.close()
