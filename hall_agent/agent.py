@@ -22,9 +22,11 @@ from .clock import Clock, SystemClock
 from .commands import CommandError, parse as parse_command
 from .devices.hall import HallDevices
 from .hardware import Hardware
+from .broker.reconcile import NOT_HELD, plan as reconcile_plan
+from .broker.retained import RetainedStore
 from .link import Incoming, Link
 from .outbox import OutboxClosed, Dropped, Outbox, Raw
-from .rules import RulesEngine, build as build_rules
+from .rules import AlertChange, RulesEngine, build as build_rules
 from .rules.engine import CALENDAR_SOURCE, CLOCK_SOURCE
 from .sensors import SensorError
 from .sensors.loop import SensorLoop
@@ -70,7 +72,8 @@ class Agent:
                              max_bytes=int(settings.storage.max_outbox_mb * 1024 * 1024),
                              on_overflow=self._overflow_event, on_storage=self._on_storage,
                              on_corrupt=self._on_corrupt)
-        self.link = Link(settings, self.outbox, self.events.now)
+        self.retained = RetainedStore(self.state_dir / "retained.sqlite3")
+        self.link = Link(settings, self.outbox, self.events.now, self.retained)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.tick_heartbeat = time.monotonic()
@@ -116,6 +119,9 @@ class Agent:
         self.dispatcher = self._commands()
         self.link.subscribe("cmd", self._on_command)
         self.restart_reason: str | None = None
+        self.link.keep_retained = self._keep_retained
+        self.link.on_retained_alerts = self._reconcile_alerts
+        self.link.on_condition = self._on_link_condition
         self.status_providers: dict[str, Callable[[], Any]] = {
             "sensors": self._sensor_status, "inputs": self.devices.input_states, "alerts": self.alarms.active,
             "alarms": self.alarms.status,
@@ -136,7 +142,66 @@ class Agent:
         d.register("power", self.devices.power_command, allowed=lambda: s.commands.allow_power,
                    refusal="power is disabled on this hall ([commands] allow_power = false)")
         self.alarms.register(d)
+        d.register("rebirth", self._rebirth_command)
         return d
+
+    # -- the broker's retained truth (SPEC section 3) ------------------------------
+    def _keep_retained(self, topic: str) -> bool:
+        """A stored retained payload may be republished unless it is an alert the agent
+        no longer holds (a ghost would come back)."""
+        prefix = f"{self.settings.base_topic}/alert/"
+        if not topic.startswith(prefix):
+            return True
+        rule, _, source = topic[len(prefix):].partition("/")
+        with self.alerts.lock:
+            return (rule, source) in self.engine.active
+
+    def _reconcile_alerts(self, seen: dict[str, bytes]) -> None:
+        """What the broker showed on our ``alert/#`` right after connecting, against what
+        the agent holds: clear the ghosts, republish what the broker lacks."""
+        base = self.settings.base_topic
+        with self.alerts.lock:
+            held = set(self.engine.active)
+            stored = {t: r.payload for t, r in self.retained.items().items()}
+            todo = reconcile_plan(base, seen, held, stored, self.link.pending_topics())
+            for ghost in todo.clear:
+                env = ghost.envelope or {}
+                old = env.get("data") if isinstance(env.get("data"), dict) else {}
+                moment = env.get("moment") if isinstance(env.get("moment"), dict) else {}
+                fixed = self.engine.rules.fixed.get(ghost.rule)
+                category = moment.get("category") or (fixed.category if fixed else "system")
+                priority = moment.get("priority") or (fixed.priority if fixed else 2)
+                data = {"state": "cleared", "rule": ghost.rule, "message": NOT_HELD, "reason": NOT_HELD,
+                        "value": old.get("value"), "threshold": old.get("threshold"),
+                        "raised_at": old.get("raised_at"), "cleared_at": self.events.now(),
+                        "cleared_id": env.get("id"), "cleared_seq": env.get("seq")}
+                self.emit(self.events.alert(ghost.rule, ghost.source, data, "info",
+                                            Moment(category, int(priority)), retain=False))
+                self.emit(Raw(ghost.topic, b"", qos=1, retain=True))
+                log.warning("alert %s/%s shown by the broker but not held by the agent: cleared (%s)",
+                            ghost.rule, ghost.source, NOT_HELD)
+            for topic in todo.republish:
+                item = self.retained.get(topic)
+                if item is not None:
+                    self.link.publish_now(topic, item.payload, item.qos, retain=True)
+            for key in todo.publish:
+                alert = self.engine.active.get(key)
+                if alert is not None:
+                    self.alerts.publish(AlertChange(alert, True))
+        if todo.republish or todo.publish:
+            log.info("the broker lacked %d active alert(s): published again", len(todo.republish) + len(todo.publish))
+
+    def _on_link_condition(self, rule: str, active: bool, message: str) -> None:
+        """``publish-refused`` / ``subscribe-refused`` held while the broker refuses."""
+        self.alerts.feed(lambda now: self.engine.condition(rule, "mqtt", active, message, now))
+
+    def _rebirth_command(self, args: dict) -> dict:
+        if not self.link.connected:
+            raise CommandError("failed", "not connected to the broker")
+        n = self.link.rebirth()
+        if getattr(self, "discovery", None) is not None:
+            self.discovery.send()
+        return {"republished": n, "reconciling": "alert/#"}
 
     # -- sensors ------------------------------------------------------------------
     @property
@@ -204,7 +269,7 @@ class Agent:
                 if watcher.latch is not None:
                     watcher.latch.alarm = True
         s = self.settings
-        known = {x.id for x in (*s.sensors, *s.inputs, *s.printers, *s.equipment)} | {"opening", "closing", "outbox"}
+        known = {x.id for x in (*s.sensors, *s.inputs, *s.printers, *s.equipment)} | {"opening", "closing", "outbox", "mqtt"}
         known |= {CLOCK_SOURCE, CALENDAR_SOURCE}  # the agent's own alerts (clock-unsynced, calendar-unconfirmed)
         self.alarms.reconcile(self.engine.active, known)
         self.alerts.feed(lambda now: self.engine.forget_sources(known, now))
@@ -347,8 +412,6 @@ class Agent:
                           "envelopes that never reached the disk; none of them will be used again"},
                 severity="warning", moment=Moment("system", 2), source="outbox"))
         self.fleet.boot()
-        self.link.start()
-        self.fleet.start()
         self.emit(self.events.agent("started", {"version": __version__, "simulate": self.simulate,
                                                 "outbox_depth": self.outbox.depth}))
         if self.outbox.set_aside is not None:
@@ -361,6 +424,10 @@ class Agent:
                                         moment=Moment("system", 2)))
         self.alerts.feed(lambda now: self.engine.storage(self.outbox.failed, now))
         self._ready.set()
+        # the link starts once the alerts are known: its first connect republishes and
+        # reconciles them (an alert not yet restored would look like a ghost)
+        self.link.start()
+        self.fleet.start()
         self.hardware.start_day(self.calendar, self._now)
         self.devices.start()
         for rule, source in list(self.engine.active):  # held from before the restart, claimed now
@@ -419,6 +486,7 @@ class Agent:
                 data.update(name=self.settings.hall.name, interval_s=interval)
                 data["clock_synced"] = self.clock.synced()
                 data["calendar_confirmed_until"] = self.calendar_confirmed_until()
+                data["mqtt"] = self.link.health()
                 self.emit(self.events.health(data))
             except Exception:
                 log.exception("health report failed")
@@ -533,6 +601,7 @@ class Agent:
             log.warning("stopped with %d messages still in the outbox; they are sent on the next start",
                         self.outbox.depth)
         self._step("close the outbox", self.outbox.close)
+        self._step("close the retained store", self.retained.close)
         self._step("release the hardware", self.hardware.close)
         log.info("hall-agent stopped")
 

@@ -4,19 +4,27 @@ Threads (none of them ever blocks inside a paho callback):
 
 - ``mqtt-net`` runs the network loop (select, then paho's ``loop_read`` /
   ``loop_write`` / ``loop_misc``: paho's external-loop API) and reconnects
-  with exponential back-off and jitter.  Callbacks only flip flags and queue
-  work.  Every call that touches the socket holds ``_io_lock``, so the thread
-  that hands an alarm to paho can write it to the socket itself at once
-  (``kick``) instead of waking this thread and waiting for the GIL.
+  with exponential back-off and jitter, moving to the next of ``[mqtt] hosts``
+  after a failure.  Callbacks only flip flags and queue work.  Every call that
+  touches the socket (TLS ``pending`` included) holds ``_io_lock``, so the
+  thread that hands an alarm to paho can write it to the socket itself at
+  once (``kick``) instead of waking this thread and waiting for the GIL.
 - ``mqtt-pump`` hands outbox rows to paho while connected, in order, with a
-  bounded window, and removes them from the outbox once paho reports them
-  sent (PUBACK for QoS 1, written to the socket for QoS 0).  QoS 1 messages
-  that were in flight when the connection dropped are re-sent by paho itself
-  on reconnect; after a restart the outbox replays them.
-- ``mqtt-inbox`` runs the handlers of subscribed topics (commands).
+  bounded window (never more QoS 1 messages unacknowledged than the server's
+  Receive Maximum), and removes them from the outbox once the broker has them:
+  a PUBACK with a success reason for QoS 1; for QoS 0 a later PUBACK or
+  PINGRESP on the same connection (TCP is ordered: the broker read past it).
+  When a connection ends, every row not confirmed is taken back from paho and
+  handed over again, in order, on the next connection.
+- ``mqtt-inbox`` runs the handlers of subscribed topics (commands) and the
+  reconciliation of retained alerts.
 
-Every (re)connect publishes the retained ``online`` status and restores the
-subscriptions; the last will is ``offline``/``connection-lost``.
+Every connect subscribes (each SUBACK checked), publishes the retained
+``online`` status and, when the broker has no session for the agent
+(``session present`` = 0), republishes the last retained payload of every
+topic the agent owns (``hall_agent.broker.retained``); then it reads its own
+retained ``alert/#`` once and hands what it saw to ``on_retained_alerts``.
+The last will is ``offline``/``connection-lost``.
 """
 
 from __future__ import annotations
@@ -30,9 +38,9 @@ import socket
 import ssl
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass
-from typing import Callable
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Callable, NamedTuple
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -40,6 +48,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
 
 from . import __version__
+from .broker.retained import RetainedStore
 from .config import Settings
 from .outbox import Outbox, Row
 
@@ -82,26 +91,76 @@ def make_client(settings: Settings, client_id: str) -> mqtt.Client:
     return client
 
 
+class Flight(NamedTuple):
+    row: Row
+    handed: int             # the callback counter when it was handed over (QoS 1: what its PUBACK proves)
+    written: int | None     # QoS 0: the callback counter when it was written to the socket
+
+
+@dataclass
+class _Held:
+    """Rows of one topic the broker refused (MQTT 5 PUBACK failure): retried with back-off, in order."""
+    rows: list = field(default_factory=list)
+    delay: float = 0.0
+    due: float = 0.0
+    reason: str = ""
+    retrying: bool = False  # its first row is handed over again
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        self.rows.sort(key=lambda r: r.pos)
+
+
+@dataclass
+class _Reconcile:
+    mid: int
+    started: float
+    acked_at: float | None = None
+    last_at: float = 0.0
+    seen: dict = field(default_factory=dict)
+
+
+def describe_disconnect(reason_code, from_server: bool, keepalive_s: int) -> str:
+    """A disconnection's cause in words (for the log and health)."""
+    name = str(reason_code) if reason_code is not None else "unknown"
+    if from_server:
+        return f"the broker closed the connection (DISCONNECT: {name})"
+    if getattr(reason_code, "value", None) == 0x8D or name.lower().startswith("keep alive"):
+        return f"keepalive timeout: no answer from the broker within {keepalive_s} s"
+    return f"the connection broke ({name})"
+
+
 class Link:
     window = 500            # outbox rows handed to paho and not yet confirmed
     min_delay = 0.5         # reconnect back-off, seconds
     max_delay = 30.0
+    stable_s = 10.0         # a connection that lasted less did not reset the back-off
     ack_settle_s = 0.005    # acknowledgements gather this long before their rows are deleted
+    confirm_s = 2.0         # QoS 0 written this long and unconfirmed: ask the broker (PINGREQ)
+    refused_min_s = 2.0     # a refused publication is retried after this, doubling ...
+    refused_max_s = 120.0   # ... up to this
+    reconcile_quiet_s = 1.0  # retained alerts are taken as complete after this long without one
+    reconcile_max_s = 10.0
 
-    def __init__(self, settings: Settings, outbox: Outbox, clock: Callable[[], str]):
+    def __init__(self, settings: Settings, outbox: Outbox, clock: Callable[[], str],
+                 retained: RetainedStore | None = None):
         self.settings = settings
         self.outbox = outbox
         self.clock = clock
+        self.retained = retained if retained is not None else RetainedStore(None)
         self.base = settings.base_topic
         self.status_topic = f"{self.base}/status"
+        self.endpoints = settings.mqtt.endpoints
+        self._endpoint = 0
         self._handlers: dict[str, Handler] = {}
         self._connected = threading.Event()
         self._stopping = threading.Event()
         self._wake = threading.Event()
-        self._acks: deque[int] = deque()
-        self._in_flight: dict[int, Row] = {}  # paho mid -> row
-        self._retry: list[Row] = []           # QoS 0 rows lost with a connection
-        self._inbox: queue.Queue[Incoming | None] = queue.Queue(maxsize=1000)
+        self._events: deque[tuple] = deque()       # from paho's callbacks, for the pump, in order
+        self._in_flight: dict[int, Flight] = {}    # paho mid -> row handed over on this connection
+        self._retry: list[Row] = []                # rows taken back from a connection that ended
+        self._held: dict[str, _Held] = {}          # topic -> rows the broker refused
+        self._inbox: queue.Queue = queue.Queue(maxsize=1000)
         self._delay = self.min_delay
         self._pump_lock = threading.Lock()
         self._leaving = False
@@ -110,8 +169,21 @@ class Link:
         self._wake_r, self._wake_w = socket.socketpair()  # breaks the network thread's select
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._done: list[int] = []
+        self._done: list[Row] = []
+        self._cb = 0                       # paho callbacks counted (write order of QoS 0, PUBACKs, pings)
+        self._ping_ticket: int | None = None
+        self._subs: dict[int, str] = {}    # SUBACK mid -> topic filter
+        self._sub_refused: dict[str, str] = {}
+        self._reconcile: _Reconcile | None = None
+        self._connected_since: float | None = None
+        self.receive_maximum: int | None = None
+        self.session_present: bool | None = None
         self.on_connected: list[Callable[[], None]] = []  # run in the network thread: must not block
+        self.keep_retained: Callable[[str], bool] = lambda topic: True  # may this stored topic be republished?
+        self.on_retained_alerts: Callable[[dict[str, bytes]], None] | None = None  # run in the inbox thread
+        self.on_condition: Callable[[str, bool, str], None] | None = None  # (rule, active, message)
+        self.counts: Counter = Counter()             # for health
+        self.disconnect_reasons: Counter = Counter()
         self._threads: list[threading.Thread] = []
         self.connects = 0
         self.heartbeat = time.monotonic()  # the network loop's last turn
@@ -126,11 +198,31 @@ class Link:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         client.on_socket_open = self._on_socket_open
         # We run the network loop ourselves; this tells paho not to write to the
         # socket from the publishing thread but to wake our loop instead.
         client.on_socket_register_write = lambda *_: None if getattr(self._local, "flushing", False) \
             else self._wake_net()
+        # paho has no callback for PINGREQ/PINGRESP: a PINGRESP proves the broker read
+        # every QoS 0 message written before its PINGREQ
+        send_ping, handle_pingresp = client._send_pingreq, client._handle_pingresp
+
+        def _send_pingreq():
+            rc = send_ping()
+            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._ping_ticket = self._cb
+            return rc
+
+        def _handle_pingresp():
+            rc = handle_pingresp()
+            if self._ping_ticket is not None:
+                self._events.append(("ping", self._ping_ticket))
+                self._ping_ticket = None
+                self._wake.set()
+            return rc
+        client._send_pingreq = _send_pingreq
+        client._handle_pingresp = _handle_pingresp
         return client
 
     def _wake_net(self) -> None:
@@ -154,6 +246,11 @@ class Link:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def broker(self) -> str:
+        host, port = self.endpoints[self._endpoint]
+        return f"{host}:{port}"
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
@@ -193,6 +290,9 @@ class Link:
         self._wake_net()
         for t in self._threads:
             t.join(timeout=5)
+        with self._pump_lock:  # what the broker confirmed before the end leaves the outbox
+            self._settle_events()
+        self._remove_done()
         self._wake_r.close()
         self._wake_w.close()
         return drained
@@ -200,16 +300,21 @@ class Link:
     # -- network thread ------------------------------------------------------
     def _connect_once(self) -> None:
         m = self.settings.mqtt
+        host, port = self.endpoints[self._endpoint]
         # the broker cannot stamp the will when it fires: it and this connection's "online"
         # carry the same ts (the connect), so the will is never older than what it replaces
         self._connect_ts = self.clock()
         self.client.will_set(self.status_topic, self.status_payload("offline", "connection-lost",
                                                                     self._connect_ts), 1, True)
-        if self.connects == 0 and not self.client.host:
-            self.client.connect(m.host, m.effective_port, m.keepalive_s,
-                                clean_start=True if m.protocol == 5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY)
-        else:
-            self.client.reconnect()
+        # connect() every time (not reconnect()): the host may have changed; v5 starts clean,
+        # 3.1.1 asks for a clean session: no broker keeps a session the agent cannot trust
+        self.client.connect(host, port, m.keepalive_s,
+                            clean_start=True if m.protocol == 5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY)
+
+    def _next_endpoint(self) -> None:
+        if len(self.endpoints) > 1:
+            self._endpoint = (self._endpoint + 1) % len(self.endpoints)
+            log.info("MQTT: trying the next broker, %s", self.broker)
 
     def _net(self) -> None:
         socket_up = False
@@ -220,9 +325,12 @@ class Link:
             self.heartbeat = time.monotonic()
             if socket_up and not self._connected.is_set() and time.monotonic() - opened > m.keepalive_s:
                 # TCP accepted, CONNECT sent, no CONNACK: a TLS port spoken to in plain MQTT, or the reverse
-                log.warning("no CONNACK from %s:%s within %s s: is it a TLS port? tls = %s; retrying",
-                            m.host, m.effective_port, m.keepalive_s, str(m.tls).lower())
-                socket_up = False  # the next connect (reconnect) closes this socket
+                log.warning("no CONNACK from %s within %s s: is it a TLS port? tls = %s; retrying",
+                            self.broker, m.keepalive_s, str(m.tls).lower())
+                self.counts["connect_failed"] += 1
+                self._next_endpoint()
+                socket_up = False  # the next connect closes this socket
+                self._connection_ended()
                 self._backoff()
                 continue
             if not socket_up:
@@ -231,11 +339,14 @@ class Link:
                         self._connect_once()
                     socket_up = True
                     opened = time.monotonic()
-                except (OSError, ValueError, ssl.SSLError) as e:
+                    failures = 0
+                except Exception as e:  # OSError, SSL, DNS, or anything paho raises: retried, never fatal
                     failures += 1
+                    self.counts["connect_failed"] += 1
                     if failures == 1 or failures % 20 == 0:
-                        log.warning("MQTT broker %s:%s not reachable (%s); retrying",
-                                    self.settings.mqtt.host, self.settings.mqtt.effective_port, e)
+                        log.warning("MQTT broker %s not reachable (%s); retrying", self.broker,
+                                    e if isinstance(e, (OSError, ValueError)) else f"{type(e).__name__}: {e}")
+                    self._next_endpoint()
                     self._backoff()
                     continue
             try:
@@ -246,18 +357,59 @@ class Link:
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 socket_up = False
                 self._connected.clear()
+                try:
+                    self._connection_ended()
+                except Exception:
+                    log.exception("MQTT: taking back the rows of a lost connection failed")
                 if not self._stopping.is_set():
+                    since = self._connected_since
+                    if since is not None and time.monotonic() - since >= self.stable_s:
+                        self._delay = self.min_delay  # it had worked: come back quickly
+                    elif since is not None or self.connects == 0:
+                        self._next_endpoint()
+                    self._connected_since = None
                     self._backoff()
+
+    def _connection_ended(self) -> None:
+        """Take back from paho everything of the connection that ended: on the next one
+        the rows are handed over again in order, within its Receive Maximum (paho would
+        otherwise resend its own copies, as many as it holds, before we could count)."""
+        with self._io_lock:
+            dropped = self.client.drop_out_messages()
+        with self._pump_lock:
+            self._settle_events()  # what the broker confirmed before the end is done
+            rows = [f.row for f in self._in_flight.values()]
+            self._in_flight.clear()
+            back = []
+            for row in rows:
+                held = self._held.get(row.topic)
+                if held is not None:  # a refused row being retried: first again, after its back-off
+                    held.add(row)
+                    held.retrying = False
+                else:
+                    back.append(row)
+            if back:
+                self._retry = sorted(self._retry + back, key=lambda r: r.pos)
+            self._reconcile = None
+            self._subs.clear()
+            self._ping_ticket = None
+        for m in dropped:  # publish_now's replies and discovery: best effort, not kept
+            try:
+                m.info._set_as_published()
+            except Exception:
+                pass
+        self._wake.set()
 
     def _turn(self, timeout: float) -> MQTTErrorCode:
         """One turn of the network loop (what paho's ``loop()`` does, with our lock)."""
         client = self.client
-        sock = client.socket()
-        if sock is None:
-            return MQTTErrorCode.MQTT_ERR_NO_CONN
-        pending = sock.pending() if hasattr(sock, "pending") else 0  # TLS: bytes already decrypted
-        wlist = [sock] if client.want_write() else []
-        try:
+        with self._io_lock:  # pending() is an SSL call: never beside another thread's write
+            sock = client.socket()
+            if sock is None:
+                return MQTTErrorCode.MQTT_ERR_NO_CONN
+            pending = sock.pending() if hasattr(sock, "pending") else 0  # TLS: bytes already decrypted
+            wlist = [sock] if client.want_write() else []
+        try:  # select() asks the kernel about the descriptor; no SSL object is used
             readable, _, _ = select.select([sock, self._wake_r], wlist, [], 0.0 if pending else timeout)
         except (TypeError, ValueError, OSError):  # the socket was closed under us
             return MQTTErrorCode.MQTT_ERR_CONN_LOST
@@ -277,7 +429,10 @@ class Link:
                 rc = client.loop_write()
                 if rc:
                     return rc
-            return client.loop_misc()
+            rc = client.loop_misc()
+            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and client.socket() is None:
+                return MQTTErrorCode.MQTT_ERR_CONN_LOST  # keepalive timeout: paho closed it
+            return rc
 
     def _flush(self) -> None:
         """Write what paho holds to the socket from the calling thread (the alarm path);
@@ -308,36 +463,134 @@ class Link:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            log.error("MQTT broker refused the connection: %s", reason_code)
+            self.counts["connect_refused"] += 1
+            log.error("MQTT broker %s refused the connection: %s", self.broker, reason_code)
             return
         self.connects += 1
-        self._delay = self.min_delay
+        self._connected_since = time.monotonic()
+        self.session_present = bool(flags.session_present)
+        rm = getattr(properties, "ReceiveMaximum", None) if self.settings.mqtt.protocol == 5 else None
+        self.receive_maximum = int(rm) if rm else (65535 if self.settings.mqtt.protocol == 5 else None)
+        # paho would send up to 20 (its default) whatever the server allows: never more than
+        # the server's Receive Maximum unacknowledged, our own publications included
+        client._max_inflight_messages = min(self.receive_maximum or self.window, self.window)
         for topic in self._handlers:  # before "online": a command sent on seeing it is not missed
-            client.subscribe(topic, qos=1)
+            rc, mid = client.subscribe(topic, qos=1)
+            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._subs[mid] = topic
         client.publish(self.status_topic, self.status_payload("online", None, getattr(self, "_connect_ts", None)),
                        1, True)
+        republished = self._republish() if not self.session_present else 0
+        self._start_reconcile()
         for hook in self.on_connected:
             try:
                 hook()
             except Exception:
                 log.exception("on-connect hook failed")
-        log.info("connected to MQTT broker %s:%s (%s)", self.settings.mqtt.host,
-                 self.settings.mqtt.effective_port, "reconnect" if self.connects > 1 else "first connect")
+        log.info("connected to MQTT broker %s (%s; session present %s, receive maximum %s%s)", self.broker,
+                 "reconnect" if self.connects > 1 else "first connect", int(self.session_present),
+                 self.receive_maximum or "-", f"; republished {republished} retained topic(s)" if republished else "")
         self._connected.set()
         self._wake.set()
+
+    def _republish(self) -> int:
+        """The last retained payload of every topic the agent owns, as the broker last
+        confirmed it (same bytes: same id and seq)."""
+        n = 0
+        pending = self.pending_topics()
+        for topic, item in self.retained.items().items():
+            if topic in pending or topic == self.status_topic:
+                continue  # a newer publication is on its way; status was just published
+            try:
+                if not self.keep_retained(topic):
+                    continue
+            except Exception:
+                log.exception("republish filter failed for %s", topic)
+                continue
+            self.client.publish(topic, item.payload, item.qos, True)
+            n += 1
+        self.counts["republished"] += n
+        return n
+
+    def _start_reconcile(self) -> None:
+        if self.on_retained_alerts is None:
+            return
+        rc, mid = self.client.subscribe(f"{self.base}/alert/#", qos=1)
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._reconcile = _Reconcile(mid, time.monotonic())
+
+    def rebirth(self) -> int:
+        """The ``rebirth`` command: republish every retained topic now and reconcile the alerts."""
+        if not self.connected:
+            return 0
+        n = self._republish()
+        self._start_reconcile()
+        self._wake_net()
+        return n
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was = self._connected.is_set()
         self._connected.clear()
         self._wake.set()
-        if was and not (self._stopping.is_set() or self._leaving):
-            log.warning("MQTT connection lost: %s", reason_code)
+        if self._stopping.is_set() or self._leaving:
+            return
+        why = describe_disconnect(reason_code, flags.is_disconnect_packet_from_server, self.settings.mqtt.keepalive_s)
+        self.disconnect_reasons[why] += 1
+        if was:
+            up = time.monotonic() - self._connected_since if self._connected_since else 0.0
+            log.warning("MQTT connection to %s lost after %.1f s: %s", self.broker, up, why)
+        elif self._connected_since is None:
+            log.warning("MQTT connection to %s ended before the broker accepted it: %s", self.broker, why)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        rec = self._reconcile
+        if rec is not None and mid == rec.mid:
+            if any(getattr(rc, "is_failure", False) for rc in reason_codes):
+                log.warning("the broker does not let the agent read its own %s/alert/# (%s): retained alerts "
+                            "not reconciled (the broker ACL must allow it; see docs/mqtt.md)", self.base,
+                            reason_codes[0])
+                self._reconcile = None
+                self._unsubscribe_reconcile()
+            else:
+                rec.acked_at = rec.last_at = time.monotonic()
+            self._wake.set()
+            return
+        topic = self._subs.pop(mid, None)
+        if topic is None:
+            return
+        refused = [rc for rc in reason_codes if getattr(rc, "is_failure", False)]
+        if refused:
+            reason = str(refused[0])
+            self.counts["subscribe_refused"] += 1
+            if self._sub_refused.get(topic) != reason:
+                log.error("the broker refused the subscription to %s: %s%s", topic, reason,
+                          " (commands will never arrive)" if topic.endswith("/cmd") else "")
+            self._sub_refused[topic] = reason
+        elif topic in self._sub_refused:
+            del self._sub_refused[topic]
+            log.info("the broker accepted the subscription to %s again", topic)
+        else:
+            return
+        self._events.append(("sub",))
+        self._wake.set()
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        self._acks.append(mid)
+        self._cb += 1
+        self._events.append(("pub", mid, reason_code, self._cb))
         self._wake.set()
 
     def _on_message(self, client, userdata, message) -> None:
+        rec = self._reconcile
+        if rec is not None and message.topic.startswith(f"{self.base}/alert/"):
+            # retained ones: what the broker held; live ones: our own publications since
+            # the subscription, which the broker now shows (empty: the topic removed)
+            if message.payload and (message.retain or b'"state":"cleared"' not in message.payload):
+                rec.seen[message.topic] = bytes(message.payload)
+            else:
+                rec.seen.pop(message.topic, None)
+            if message.retain:
+                rec.last_at = time.monotonic()
+            return  # nothing else to handle
         props = getattr(message, "properties", None)
         item = Incoming(message.topic, bytes(message.payload),
                         getattr(props, "ResponseTopic", None) if props else None,
@@ -347,9 +600,36 @@ class Link:
         except queue.Full:
             log.warning("inbox full: dropped a message on %s", message.topic)
 
+    def _unsubscribe_reconcile(self) -> None:
+        topic = f"{self.base}/alert/#"
+        if not any(mqtt.topic_matches_sub(f, f"{self.base}/alert/x/y") for f in self._handlers):
+            self.client.unsubscribe(topic)
+
+    def _check_reconcile(self) -> None:
+        rec = self._reconcile
+        if rec is None:
+            return
+        now = time.monotonic()
+        done = rec.acked_at is not None and now - rec.last_at >= self.reconcile_quiet_s
+        if not done and now - rec.started < self.reconcile_max_s:
+            return
+        self._reconcile = None
+        self._unsubscribe_reconcile()
+        self._wake_net()
+        if rec.acked_at is None:
+            log.warning("no SUBACK for %s/alert/# within %.0f s: retained alerts not reconciled",
+                        self.base, self.reconcile_max_s)
+            return
+        seen = dict(rec.seen)
+        hook = self.on_retained_alerts
+        if hook is not None:
+            try:
+                self._inbox.put_nowait(lambda: hook(seen))
+            except queue.Full:
+                log.warning("inbox full: retained alerts not reconciled")
+
     # -- pump thread -----------------------------------------------------------
     def _pump(self) -> None:
-        was_connected = False
         while not self._stopping.is_set():
             self.pump_heartbeat = time.monotonic()
             self._wake.wait(0.5)
@@ -360,11 +640,12 @@ class Link:
             try:
                 connected = self.connected
                 with self._pump_lock:
-                    self._settle_acks()
-                    if connected and not was_connected:
-                        self._requeue_lost_qos0()
+                    self._settle_events()
                 self._remove_done()
-                was_connected = connected
+                if connected:
+                    self._retry_refused()
+                    self._ask_confirmation()
+                    self._check_reconcile()
                 while connected and self._hand_over_batch():
                     connected = self.connected
                     self._remove_done()
@@ -389,44 +670,172 @@ class Link:
         if more:
             self._wake.set()
 
-    def _settle_acks(self) -> None:
-        done = []
-        while self._acks:
-            row = self._in_flight.pop(self._acks.popleft(), None)
-            if row is not None:
-                done.append(row.pos)
-        self._done.extend(done)
+    def _settle_events(self) -> None:
+        """Apply what paho reported, in order (under the pump lock)."""
+        notify = False
+        while self._events:
+            ev = self._events.popleft()
+            if ev[0] == "pub":
+                _, mid, reason, n = ev
+                flight = self._in_flight.get(mid)
+                if flight is None:
+                    continue
+                if flight.row.qos == 0:
+                    self._in_flight[mid] = flight._replace(written=n)
+                    continue
+                del self._in_flight[mid]
+                if reason is not None and getattr(reason, "is_failure", False):
+                    notify |= self._refused(flight.row, reason)
+                    continue
+                self._done.append(flight.row)
+                self._confirm_qos0(flight.handed)
+                held = self._held.get(flight.row.topic)
+                if held is not None and held.retrying:  # the retried one got through: the rest follow
+                    del self._held[flight.row.topic]
+                    if held.rows:
+                        self._retry = sorted(self._retry + held.rows, key=lambda r: r.pos)
+                    log.info("the broker accepts publications on %s again", flight.row.topic)
+                    notify = True
+            elif ev[0] == "ping":
+                self._confirm_qos0(ev[1])
+            elif ev[0] == "sub":
+                notify = True
+        if notify:
+            self._notify_conditions()
+
+    def _confirm_qos0(self, before: int) -> None:
+        """QoS 0 rows written before ``before`` are confirmed: the broker read past them."""
+        confirmed = [mid for mid, f in self._in_flight.items()
+                     if f.row.qos == 0 and f.written is not None and f.written <= before]
+        for mid in confirmed:
+            self._done.append(self._in_flight.pop(mid).row)
+
+    def _refused(self, row: Row, reason) -> bool:
+        held = self._held.get(row.topic)
+        first = held is None
+        if first:
+            held = self._held[row.topic] = _Held()
+        held.add(row)  # it goes again first, before the rows held behind it
+        held.retrying = False
+        held.delay = min(max(held.delay * 2, self.refused_min_s), self.refused_max_s)
+        held.due = time.monotonic() + held.delay
+        self.counts["publish_refused"] += 1
+        if first or held.reason != str(reason):
+            log.error("the broker refused a publication on %s: %s (kept; retried with back-off, %.0f s "
+                      "growing to %.0f s)", row.topic, reason, self.refused_min_s, self.refused_max_s)
+        held.reason = str(reason)
+        return first
+
+    def _retry_refused(self) -> None:
+        """Offer the first refused row of each topic again once its back-off has passed."""
+        now = time.monotonic()
+        sent = False
+        with self._pump_lock:
+            for held in self._held.values():
+                if held.retrying or not held.rows or held.due > now or not self.connected:
+                    continue
+                row = held.rows.pop(0)
+                info = self.client.publish(row.topic, row.payload, row.qos, row.retain)
+                if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS and not (
+                        row.qos > 0 and info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN):
+                    held.add(row)
+                    break
+                self._in_flight[info.mid] = Flight(row, self._cb, None)
+                held.retrying = True
+                sent = True
+        if sent:
+            self._wake_net()
+
+    def _notify_conditions(self) -> None:
+        hook = self.on_condition
+        if hook is None:
+            return
+        held = {t: h.reason for t, h in self._held.items()}
+        if held:
+            msg = "the broker refused publications on " + ", ".join(f"{t} ({r})" for t, r in sorted(held.items()))
+        else:
+            msg = "the broker accepts every publication again"
+        subs = dict(self._sub_refused)
+        if subs:
+            smsg = "the broker refused the subscription to " + ", ".join(f"{t} ({r})" for t, r in sorted(subs.items()))
+        else:
+            smsg = "every subscription accepted"
+        for rule, active, message in (("publish-refused", bool(held), msg), ("subscribe-refused", bool(subs), smsg)):
+            try:
+                self._inbox.put_nowait(lambda r=rule, a=active, m=message: hook(r, a, m))
+            except queue.Full:
+                log.warning("inbox full: %s not reported", rule)
+
+    def _ask_confirmation(self) -> None:
+        """QoS 0 rows written a while ago and not yet confirmed: a PINGREQ; its PINGRESP
+        confirms them, and no answer within keepalive ends the connection (half-open link)."""
+        if self._ping_ticket is not None:
+            return
+        with self._pump_lock:
+            waiting = [f for f in self._in_flight.values() if f.row.qos == 0 and f.written is not None]
+            if not waiting or any(f.row.qos == 1 and f.handed >= max(w.written for w in waiting)
+                                  for f in self._in_flight.values()):
+                return  # nothing to confirm, or a PUBACK on its way will
+        if not self._io_lock.acquire(timeout=0.05):
+            return
+        try:
+            if self.client.socket() is not None and self.client._ping_t == 0:
+                self.client._send_pingreq()
+        finally:
+            self._io_lock.release()
+        self._wake_net()
 
     def _remove_done(self) -> None:
-        """Delete acknowledged rows (outside the pump lock: the alarm path may want it)."""
+        """Record confirmed retained payloads, then delete the rows (outside the pump lock:
+        the alarm path may want it). Rows whose removal failed are kept for the next turn."""
         done, self._done = self._done, []
-        self.outbox.done(done)
+        if not done:
+            return
+        try:
+            self.retained.update((r.topic, r.payload, r.qos) for r in done if r.retain)
+            self.outbox.done([r.pos for r in done])
+        except Exception:
+            self._done = done + self._done  # not forgotten: removed on a later turn
+            raise
 
-    def _requeue_lost_qos0(self) -> None:
-        # paho forgets QoS 0 packets not yet written when the socket closes
-        lost = [mid for mid, row in self._in_flight.items() if row.qos == 0]
-        self._retry = [self._in_flight.pop(mid) for mid in lost] + self._retry
+    def pending_topics(self) -> set[str]:
+        """Topics with a publication handed over or waiting, not yet confirmed."""
+        rows = [f.row for f in list(self._in_flight.values())] + list(self._retry)
+        for held in list(self._held.values()):
+            rows.extend(held.rows)
+        return {r.topic for r in rows}
 
     def _hand_over_batch(self, batch: int = 50, settle: bool = True) -> bool:
         """Publish up to ``batch`` rows in order; True if more may be waiting."""
         with self._pump_lock:
             if settle:
-                self._settle_acks()
+                self._settle_events()
             room = min(batch, self.window - len(self._in_flight))
             if room <= 0 or not self.connected:
                 return False
+            limit = self.client._max_inflight_messages or self.window
+            qos1_room = limit - sum(1 for f in self._in_flight.values() if f.row.qos > 0)
             if self._retry:
                 rows, self._retry = self._retry[:room], self._retry[room:]
             else:
                 rows = self.outbox.take(room)
             for i, row in enumerate(rows):
+                held = self._held.get(row.topic)
+                if held is not None:  # behind a refused one of its topic: in order, after it
+                    held.rows.append(row)
+                    continue
+                if row.qos > 0:
+                    if qos1_room <= 0:  # the server's Receive Maximum: the rest waits for PUBACKs
+                        self._retry = rows[i:] + self._retry
+                        return False
+                    qos1_room -= 1
                 info = self.client.publish(row.topic, row.payload, row.qos, row.retain)
-                held = info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS or (
+                kept = info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS or (
                     row.qos > 0 and info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN)
-                if not held:  # paho did not keep it: offer it again after reconnect
+                if not kept:  # paho did not keep it: offer it again after reconnect
                     self._retry = rows[i:] + self._retry
                     return False
-                self._in_flight[info.mid] = row
+                self._in_flight[info.mid] = Flight(row, self._cb, None)
             if rows and settle:
                 self._wake_net()  # the pump's rows: the network thread writes them
             return len(rows) == room
@@ -437,6 +846,12 @@ class Link:
             item = self._inbox.get()
             if item is None:
                 return
+            if callable(item):
+                try:
+                    item()
+                except Exception:
+                    log.exception("link task failed")
+                continue
             handler = self._handlers.get(item.topic) or next(
                 (h for f, h in self._handlers.items() if mqtt.topic_matches_sub(f, item.topic)), None)
             if handler is None:
@@ -455,3 +870,16 @@ class Link:
             props.CorrelationData = correlation_data
         self.client.publish(topic, payload, qos, retain, properties=props)
         self._wake_net()
+
+    def health(self) -> dict:
+        """The link's part of the ``health`` envelope."""
+        with self._pump_lock:
+            unconfirmed = sum(1 for f in self._in_flight.values() if f.row.qos == 0 and f.written is not None)
+            held = sorted(self._held)
+        return {"broker": self.broker, "connected": self.connected, "connects": self.connects,
+                "session_present": self.session_present, "receive_maximum": self.receive_maximum,
+                "disconnects": dict(self.disconnect_reasons), "publish_refused": self.counts["publish_refused"],
+                "refused_topics": held, "subscribe_refused": self.counts["subscribe_refused"],
+                "refused_subscriptions": sorted(self._sub_refused), "qos0_unconfirmed": unconfirmed,
+                "republished": self.counts["republished"], "retained_topics": len(self.retained),
+                "connect_failures": self.counts["connect_failed"]}

@@ -37,13 +37,14 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: f
 
 
 class Broker:
-    """mosquitto on 127.0.0.1:<free port>, persistent across restarts."""
+    """mosquitto on 127.0.0.1:<free port>, persistent across restarts unless told otherwise."""
 
-    def __init__(self, workdir: Path, extra_conf: str = ""):
+    def __init__(self, workdir: Path, extra_conf: str = "", persistence: bool = True, port: int | None = None):
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = port or free_port()
         self.extra_conf = extra_conf
+        self.persistence = persistence  # False: a restart forgets every retained message and session
         self.proc: subprocess.Popen | None = None
 
     def write_conf(self) -> Path:
@@ -51,7 +52,7 @@ class Broker:
         listener = self.extra_conf if "listener" in self.extra_conf else f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{self.extra_conf}"
         conf.write_text(
             f"user {getpass.getuser()}\n"
-            f"persistence true\npersistence_location {self.dir}/\n"
+            f"persistence {'true' if self.persistence else 'false'}\npersistence_location {self.dir}/\n"
             f"log_dest file {self.dir}/mosquitto.log\n"
             f"{listener}\n")
         return conf

@@ -156,8 +156,9 @@ def _mqtt(s: Settings) -> list[Problem]:
     if m.password_file is not None and not os.access(m.password_file, os.R_OK):
         problems.append(("mqtt.password_file", f"{m.password_file}: missing or not readable"))
     has_password = m.password is not None or m.password_file is not None
-    if has_password and not m.tls and not is_loopback(m.host):
-        problems.append(("mqtt.tls", f"refusing to send the password in clear text to {m.host}: "
+    remote = [host for host, _ in m.endpoints if not is_loopback(host)]
+    if has_password and not m.tls and remote:
+        problems.append(("mqtt.tls", f"refusing to send the password in clear text to {remote[0]}: "
                                      "set tls = true (or use a loopback broker)"))
     if has_password and m.username is None:
         problems.append(("mqtt.username", "a password needs a username"))

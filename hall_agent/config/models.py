@@ -125,6 +125,7 @@ class HallSection(Section):
 class MqttSection(Section):
     host: str = "localhost"
     port: int | None = Field(default=None, ge=1, le=65535)
+    hosts: list[str] | None = None  # ["host:port", ...]: several brokers (a cluster), tried in turn
     protocol: Literal[5, 311] = 5
     tls: bool = False
     ca_file: Path | None = None
@@ -147,9 +148,39 @@ class MqttSection(Section):
             raise ValueError(f"{value!r} is not a topic prefix: no '+', '#' or leading/trailing '/'")
         return value
 
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("must name at least one broker (\"host:port\"), or leave hosts out and use host/port")
+        for item in value:
+            host, sep, port = item.rpartition(":")
+            if not sep:
+                host, port = item, ""
+            if not host or any(c.isspace() for c in item) or "/" in item:
+                raise ValueError(f"{item!r} is not \"host\" or \"host:port\"")
+            if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+                raise ValueError(f"{item!r}: the port must be a number from 1 to 65535")
+        return value
+
     @property
     def effective_port(self) -> int:
         return self.port if self.port is not None else (8883 if self.tls else 1883)
+
+    @property
+    def endpoints(self) -> list[tuple[str, int]]:
+        """The brokers to try, in order: ``hosts`` (a port left out: the default port), else host/port."""
+        if not self.hosts:
+            return [(self.host, self.effective_port)]
+        out = []
+        for item in self.hosts:
+            host, sep, port = item.rpartition(":")
+            if not sep:
+                host, port = item, ""
+            out.append((host.strip("[]"), int(port) if port else self.effective_port))
+        return out
 
 
 class AgentSection(Section):

@@ -125,6 +125,8 @@ FIXED = {r.id: r for r in (
     FixedRule("calendar-unconfirmed", "warning", "system", 2),
     FixedRule("storage-failed", "critical", "system", 1),
     FixedRule("gpio-unavailable", "critical", "system", 1),
+    FixedRule("publish-refused", "critical", "system", 1),
+    FixedRule("subscribe-refused", "critical", "system", 1),
 )}
 
 
