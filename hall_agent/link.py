@@ -471,8 +471,11 @@ class Link:
         self.session_present = bool(flags.session_present)
         rm = getattr(properties, "ReceiveMaximum", None) if self.settings.mqtt.protocol == 5 else None
         self.receive_maximum = int(rm) if rm else (65535 if self.settings.mqtt.protocol == 5 else None)
-        # paho would send up to 20 (its default) whatever the server allows: never more than
-        # the server's Receive Maximum unacknowledged, our own publications included
+        # never more QoS 1 messages unacknowledged on the wire than the server's Receive
+        # Maximum, ours and paho's own included: paho sends up to this many and keeps the rest
+        # queued (not written) until PUBACKs come back; it holds nothing from the last
+        # connection (``_connection_ended`` took everything back). paho's setter refuses
+        # while connected, hence the attribute.
         client._max_inflight_messages = min(self.receive_maximum or self.window, self.window)
         for topic in self._handlers:  # before "online": a command sent on seeing it is not missed
             rc, mid = client.subscribe(topic, qos=1)
@@ -813,8 +816,6 @@ class Link:
             room = min(batch, self.window - len(self._in_flight))
             if room <= 0 or not self.connected:
                 return False
-            limit = self.client._max_inflight_messages or self.window
-            qos1_room = limit - sum(1 for f in self._in_flight.values() if f.row.qos > 0)
             if self._retry:
                 rows, self._retry = self._retry[:room], self._retry[room:]
             else:
@@ -824,11 +825,6 @@ class Link:
                 if held is not None:  # behind a refused one of its topic: in order, after it
                     held.rows.append(row)
                     continue
-                if row.qos > 0:
-                    if qos1_room <= 0:  # the server's Receive Maximum: the rest waits for PUBACKs
-                        self._retry = rows[i:] + self._retry
-                        return False
-                    qos1_room -= 1
                 info = self.client.publish(row.topic, row.payload, row.qos, row.retain)
                 kept = info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS or (
                     row.qos > 0 and info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN)

@@ -95,8 +95,8 @@ def test_toml_syntax_error_names_line(tmp_path):
 
 
 def test_unknown_keys_with_did_you_mean(tmp_path):
-    ps = problems(tmp_path, HALL + "[mqtt]\nhots = 'x'\n[[sensors]]\nid='a'\ndriver='sht3x'\nintervall_s=5\n[colour]\nx=1\n")
-    assert "mqtt.hots: unknown key (did you mean 'host'?)" in ps
+    ps = problems(tmp_path, HALL + "[mqtt]\nhsot = 'x'\n[[sensors]]\nid='a'\ndriver='sht3x'\nintervall_s=5\n[colour]\nx=1\n")
+    assert "mqtt.hsot: unknown key (did you mean 'host'?)" in ps
     assert "sensors[0].intervall_s: unknown key (did you mean 'interval_s'?)" in ps
     assert "colour: unknown key" in ps
 
