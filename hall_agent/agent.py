@@ -173,7 +173,8 @@ class Agent:
                 priority = moment.get("priority") or (fixed.priority if fixed else 2)
                 data = {"state": "cleared", "rule": ghost.rule, "message": NOT_HELD, "reason": NOT_HELD,
                         "value": old.get("value"), "threshold": old.get("threshold"),
-                        "raised_at": old.get("raised_at"), "cleared_at": self.events.now(),
+                        "raised_at": old.get("raised_at") or env.get("ts") or self.events.now(),
+                        "cleared_at": self.events.now(),
                         "cleared_id": env.get("id"), "cleared_seq": env.get("seq")}
                 self.emit(self.events.alert(ghost.rule, ghost.source, data, "info",
                                             Moment(category, int(priority)), retain=False))

@@ -305,13 +305,14 @@ def check_state_files(state_dir: Path, user: str) -> list[Finding]:
 def check_broker(settings: Settings, timeout_s: float = 10.0) -> list[Finding]:
     from .link import make_client
     m = settings.mqtt
-    where = f"{m.host}:{m.effective_port}" + (" (TLS)" if m.tls else "")
+    host, port = m.endpoints[0]  # [mqtt] hosts: the first; the conformance probe tries each
+    where = f"{host}:{port}" + (" (TLS)" if m.tls else "")
     done = threading.Event()
     result: dict = {}
     client = make_client(settings, f"{settings.client_id}-doctor")
     client.on_connect = lambda c, u, f, rc, p: (result.update(rc=rc), done.set())
     try:
-        client.connect(m.host, m.effective_port, 30)
+        client.connect(host, port, 30)
     except Exception as e:  # DNS, refused, TLS handshake, certificate
         fix = "check mqtt.ca_file and that mqtt.host matches the broker's certificate" if "certificate" in str(e) \
             else "check mqtt.host and mqtt.port, the network, and that the broker runs"
@@ -434,6 +435,11 @@ def check_device_permissions(settings: Settings, dev: Path = Path("/dev")) -> li
                                "sudo udevadm trigger"))
     return out
 
+def check_broker_conformance(settings: Settings) -> list[Finding]:
+    """What the agent needs from the broker, tried for real (hall_agent/broker/probe.py)."""
+    from .broker.probe import check
+    return [Finding(r.ok, r.what, r.detail, r.fix) for r in check(settings)]
+
 
 def run(settings: Settings, path: str | None) -> int:
     from .agent import storage_dir
@@ -453,6 +459,8 @@ def run(settings: Settings, path: str | None) -> int:
         findings += check_sensors(settings, hardware) + check_printers(settings) + check_broker(settings)
         hardware.close()
     findings += check_service() + check_service_storage(state_dir) + check_device_permissions(settings)
+    if all(f.ok for f in findings if f.what == "broker"):
+        findings += check_broker_conformance(settings)
     for f in findings:
         print(f.line())
     problems = sum(not f.ok for f in findings)

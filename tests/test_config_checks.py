@@ -26,7 +26,7 @@ def problems(tmp_path: Path, text: str) -> list[str]:
 def test_schema_and_cross_part_problems_in_one_pass(tmp_path):
     ps = problems(tmp_path, HALL + """
 [mqtt]
-hots = "x"
+hsot = "x"
 [[sensors]]
 id = "bad"
 driver = "nope"
@@ -46,7 +46,7 @@ id = "door2"
 kind = "door"
 pin = 17
 """)
-    assert "mqtt.hots: unknown key (did you mean 'host'?)" in ps
+    assert "mqtt.hsot: unknown key (did you mean 'host'?)" in ps
     assert any(p.startswith("sensors[0].driver: must be one of") for p in ps)
     # the cross-part checks ran too, on the parts the schema accepted, with the file's indexes
     assert "printers[0].port: serial port /dev/ttyUSB0 is already used by sensors[1].port: one part per port" in ps
