@@ -435,6 +435,7 @@ def check_device_permissions(settings: Settings, dev: Path = Path("/dev")) -> li
                                "sudo udevadm trigger"))
     return out
 
+
 def check_broker_conformance(settings: Settings) -> list[Finding]:
     """What the agent needs from the broker, tried for real (hall_agent/broker/probe.py)."""
     from .broker.probe import check
