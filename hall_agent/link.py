@@ -464,7 +464,12 @@ class Link:
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             self.counts["connect_refused"] += 1
-            log.error("MQTT broker %s refused the connection: %s", self.broker, reason_code)
+            hint = ""
+            if self.settings.mqtt.protocol == 5 and getattr(reason_code, "value", None) in (0x84, 0x01):
+                hint = " (it does not speak MQTT 5: set [mqtt] protocol = 311, or enable MQTT 5 on the broker)"
+            if self.counts["connect_refused"] in (1, 2) or self.counts["connect_refused"] % 20 == 0:
+                log.error("MQTT broker %s refused the connection: %s%s", self.broker, reason_code, hint)
+            self.disconnect_reasons[f"connection refused: {reason_code}"] += 1
             return
         self.connects += 1
         self._connected_since = time.monotonic()

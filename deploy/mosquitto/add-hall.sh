@@ -14,8 +14,8 @@ if grep -qx "user $hall" "$acl" 2>/dev/null; then
   echo "add-hall: $hall is already in $acl" >&2; exit 1
 fi
 base="halls/$city/$branch/$hall"
-printf '\nuser %s\ntopic write %s/#\ntopic read %s/cmd\ntopic read %s/config/desired\ntopic read %s/sim/#\ntopic read %s/alert/#\n' \
-  "$hall" "$base" "$base" "$base" "$base" "$base" >> "$acl"
+printf '\nuser %s\ntopic write %s/#\ntopic read %s/cmd\ntopic read %s/config/desired\ntopic read %s/sim/#\ntopic read %s/alert/#\ntopic read %s/probe/#\n' \
+  "$hall" "$base" "$base" "$base" "$base" "$base" "$base" >> "$acl"
 secret=$(head -c 24 /dev/urandom | base64 | tr -d '/+=' | head -c 24)
 touch "$passwd"
 mosquitto_passwd -b "$passwd" "$hall" "$secret"

@@ -57,6 +57,8 @@ class _Session:
         self.client.on_message = self._on_message
         self.client.on_publish = self._on_publish
         self.client.on_subscribe = self._on_subscribe
+        self.client.on_disconnect = self._on_disconnect
+        self.dropped = threading.Event()
         if will is not None:
             self.client.will_set(*will)
         self.host, self.port = host, port
@@ -64,6 +66,11 @@ class _Session:
     def _on_connect(self, c, u, flags, rc, props):
         self.rc, self.props = rc, props
         self.connected.set()
+
+    def _on_disconnect(self, c, u, flags, rc, props):
+        self.dropped.set()
+        with self.cond:
+            self.cond.notify_all()
 
     def _on_message(self, c, u, msg):
         with self.cond:
@@ -159,7 +166,16 @@ def probe(settings: Settings, host: str, port: int, timeout_s: float = 5.0) -> l
         token = uuid.uuid4().hex[:12].encode()
         topic = f"{base}/probe/doctor.check"
         info = s.client.publish(topic, token, 1, True)
-        if not s.wait(lambda: info.mid in s.acks, timeout_s):
+        acked = s.wait(lambda: info.mid in s.acks or s.dropped.is_set(), timeout_s) and info.mid in s.acks
+        if s.dropped.is_set() and not acked:
+            s.client.loop_stop()  # paho would reconnect and send it again, for ever
+            out.append(Result(False, "broker topics with '.'", f"the broker closed the connection when the hall "
+                              f"published on {topic}",
+                              "this broker rejects '.' in topic names (NATS 2.9 does): hall, sensor and input "
+                              "ids with '.' cannot be used and the agent would reconnect for ever; use a broker "
+                              "that accepts them (mosquitto, aedes), or ids without '.'"))
+            return out
+        if not acked:
             out.append(Result(False, "broker QoS 1", f"no PUBACK within {timeout_s:g} s for {topic}",
                               "the broker does not acknowledge QoS 1: every event would be sent again forever"))
         else:
@@ -176,14 +192,14 @@ def probe(settings: Settings, host: str, port: int, timeout_s: float = 5.0) -> l
         if granted and getattr(granted[0], "is_failure", False):
             out.append(Result(False, "broker retained + wildcard", f"subscription to {base}/probe/# refused: "
                               f"{granted[0]}", f"the ACL must let the hall read {base}/probe/# and {base}/alert/#"))
-        elif not s.wait(lambda: bool(got()), timeout_s):
+        elif not s.wait(lambda: any(m.retain for m in got()), timeout_s) and not got():
             out.append(Result(False, "broker retained + wildcard",
                               f"the retained message on {topic} did not come back through {base}/probe/#",
                               "a broker that sends no retained messages to wildcard subscriptions (RabbitMQ 3.10) "
                               "cannot show a consumer the hall's state, alerts and status after it connects; "
                               f"if the broker is mosquitto, the ACL must let the hall read {base}/probe/#"))
         else:
-            m = got()[0]
+            m = next((m for m in got() if m.retain), got()[0])  # aedes may add a live copy
             if m.topic != topic:
                 out.append(Result(False, "broker retained + wildcard", f"published on {topic}, came back as {m.topic}",
                                   "this broker rewrites '.' in topics (RabbitMQ maps it to '/'): hall, sensor and "

@@ -11,10 +11,10 @@ from __future__ import annotations
 import re
 from datetime import date, time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.\-]*$")
@@ -122,10 +122,23 @@ class HallSection(Section):
         return value
 
 
+def _host_port(item: str) -> str:
+    """One entry of ``[mqtt] hosts``: ``"host"`` or ``"host:port"``."""
+    host, sep, port = item.rpartition(":")
+    if not sep:
+        host, port = item, ""
+    if not host or any(c.isspace() for c in item) or "/" in item:
+        raise ValueError(f"{item!r} is not \"host\" or \"host:port\"")
+    if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"{item!r}: the port must be a number from 1 to 65535")
+    return item
+
+
 class MqttSection(Section):
     host: str = "localhost"
     port: int | None = Field(default=None, ge=1, le=65535)
-    hosts: list[str] | None = None  # ["host:port", ...]: several brokers (a cluster), tried in turn
+    hosts: list[Annotated[str, AfterValidator(_host_port)]] | None = None
+    # ["host:port", ...]: several brokers (a cluster), tried in turn
     protocol: Literal[5, 311] = 5
     tls: bool = False
     ca_file: Path | None = None
@@ -151,18 +164,8 @@ class MqttSection(Section):
     @field_validator("hosts")
     @classmethod
     def _hosts(cls, value: list[str] | None) -> list[str] | None:
-        if value is None:
-            return value
-        if not value:
-            raise ValueError("must name at least one broker (\"host:port\"), or leave hosts out and use host/port")
-        for item in value:
-            host, sep, port = item.rpartition(":")
-            if not sep:
-                host, port = item, ""
-            if not host or any(c.isspace() for c in item) or "/" in item:
-                raise ValueError(f"{item!r} is not \"host\" or \"host:port\"")
-            if port and not (port.isdigit() and 1 <= int(port) <= 65535):
-                raise ValueError(f"{item!r}: the port must be a number from 1 to 65535")
+        if value is not None and not value:
+            raise ValueError('must name at least one broker ("host:port"), or leave hosts out and use host/port')
         return value
 
     @property
