@@ -323,7 +323,8 @@ class Link:
         m = self.settings.mqtt
         while not self._stopping.is_set():
             self.heartbeat = time.monotonic()
-            if socket_up and not self._connected.is_set() and time.monotonic() - opened > m.keepalive_s:
+            # (before paho's own keepalive closes the half-made connection at keepalive_s)
+            if socket_up and not self._connected.is_set() and time.monotonic() - opened > 0.8 * m.keepalive_s:
                 # TCP accepted, CONNECT sent, no CONNACK: a TLS port spoken to in plain MQTT, or the reverse
                 log.warning("no CONNACK from %s within %s s: is it a TLS port? tls = %s; retrying",
                             self.broker, m.keepalive_s, str(m.tls).lower())
