@@ -79,6 +79,11 @@ def run_check(settings, args) -> int:
                   f"'{{\"id\":\"1\",\"command\":\"check\",\"args\":{{\"kind\":\"{args.kind}\"}}}}'\n"
                   "or stop it first", file=sys.stderr)
             return EXIT_USAGE
+        if args.no_publish:  # the service's check is always published (its report, check-failed)
+            print(f"check --no-publish: the agent service runs with the state folder {state_dir} and drives the "
+                  "parts; a check it runs is published (its report, check-failed). Run the check without "
+                  "--no-publish (the service runs it), or stop the service first", file=sys.stderr)
+            return EXIT_USAGE
         return remote_check(settings, args)
     try:
         return _check_here(settings, args, Agent)

@@ -345,3 +345,24 @@ def test_a_probe_in_flight_when_the_equipment_is_switched_on_is_not_published():
     # the first probe after settling (here forced, as the check does) is the one that counts
     mon.probe_fn = lambda url, timeout_s: ProbeResult(True, 1.0, "connected")
     assert mon.probe_now("kiosk.1").reachable is True and mon.results["kiosk.1"].reachable is True
+
+
+def test_no_publish_while_the_service_runs_is_refused_not_asked_of_the_service(tmp_path, broker):
+    """The service holds the state folder's lock: a check asked of it is published (report,
+    check-failed). ``--no-publish`` must not become that: it is refused, and nothing is sent."""
+    import fcntl
+    base = "halls/zigong/ziliujing/zg-001"
+    cfg = write_config(tmp_path / "c.toml", broker.port, tmp_path / "state", "[checks]\nsettle_s = 0.2\n")
+    (tmp_path / "state").mkdir(parents=True, exist_ok=True)
+    service = open(tmp_path / "state" / "agent.lock", "a")  # as the running service holds it
+    fcntl.flock(service, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    rec = Recorder(broker.port, [f"{base}/#"])
+    try:
+        r = subprocess.run([sys.executable, "-m", "hall_agent", "check", "opening", "-c", str(cfg), "--no-publish"],
+                           capture_output=True, text=True, timeout=60, env=AgentProcess(cfg).env)
+        assert r.returncode == 2 and "--no-publish" in r.stderr and "service" in r.stderr, (r.returncode, r.stderr)
+        time.sleep(0.5)
+        assert not any(m.topic.endswith("/cmd") for m in rec.messages), [m.topic for m in rec.messages]
+    finally:
+        rec.close()
+        service.close()
