@@ -534,6 +534,7 @@ class Agent:
         tz = self.settings.hall.timezone  # a time zone change needs a restart (everything is in it)
         self.settings = self.settings.model_copy(update={"hours": new.hours, "checks": new.checks})
         self.checks.settings = self.settings  # settle_s and the rest of [checks] at the next check
+        self.devices.settings = self.settings  # settle_s of equipment switched on by the power command
         self.calendar = BusinessCalendar(new.hours, tz, new.checks.opening_lead_min,
                                          new.checks.closing_delay_min, cache_dir=self.state_dir)
         self.engine.is_open = self.calendar.is_open

@@ -169,6 +169,8 @@ def test_sighup_reload_reschedules_with_new_hours(tmp_path):
                        + '[hours]\nholidays=""\nfriday="10:00-16:00"\n')
         agent.reload()
         assert agent.checks.settings.checks.settle_s == 3 and agent.settings.checks.misfire_grace_min == 5
+        # the settle time of equipment switched on by the `power` command too (it read the old [checks])
+        assert agent.devices.settings.checks.settle_s == 3
         assert agent.scheduler.grace == timedelta(minutes=5)
         assert "opening@2026-11-27T09:15:00+08:00" in agent.scheduler.jobs()
     finally:
