@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 TIME_ERROR = 5  # adjtimex(2): the clock is not synchronised
 #: done marks kept (by run time): two checks a day for more than two months
 KEEP_DONE = 150
+#: a run that starts this close after its time is on time, whatever misfire_grace_min (0 included):
+#: the scheduler wakes up to max_wait_s after a job's time, later on a loaded machine
+ON_TIME = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ def plan(calendar: BusinessCalendar, now: datetime, grace: timedelta, done: set[
             continue
         if run.at >= now:
             planned.append(Planned(run, run.at))
-        elif now - run.at <= grace:
+        elif now - run.at <= max(grace, ON_TIME):
             planned.append(Planned(run, now))  # late, but within grace: run now
         elif now - run.at <= timedelta(hours=12):  # worth a line in the log; older is history
             missed.append(run)
@@ -322,7 +325,7 @@ class CheckScheduler:
 
     def _fire(self, planned: Planned) -> None:
         late = self.now() - planned.run.at
-        if late > self.grace:
+        if late > max(self.grace, ON_TIME):
             log.warning("%s check of %s at %s starts %s late (more than %s): skipped", planned.run.kind,
                         planned.run.day, planned.run.at.isoformat(timespec="minutes"),
                         str(late).split(".")[0], self.grace)

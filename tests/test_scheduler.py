@@ -258,3 +258,20 @@ def test_stopping_the_agent_cuts_a_running_check_short(tmp_path, broker, caplog)
     assert "cut short by the agent stopping" in caplog.text
     assert planned[0].key not in json.loads((tmp_path / "s" / "checks-done.json").read_text())
     assert "opening" not in agent.last_checks  # no report
+
+
+def test_misfire_grace_zero_still_runs_checks_on_time(tmp_path):
+    """``misfire_grace_min = 0`` means "no late runs", not "no runs": the scheduler wakes a
+    little after the run's time (its wait, a loaded machine), which is on time."""
+    fired = []
+    clock = FakeClock(datetime(2026, 11, 27, 7, 59, 50, tzinfo=SH))
+    sched = CheckScheduler(CAL, fired.append, tmp_path / "d.json", 0, require_sync=False, clock=clock,
+                           thread=False)
+    sched.start()
+    try:
+        clock.advance(13)  # 08:00:03: the scheduler's turn came 3 s after the opening's time
+        sched.scheduler.run_pending()
+        assert wait_until(lambda: fired, 5)
+        assert fired[0].kind == "opening"
+    finally:
+        sched.stop()
