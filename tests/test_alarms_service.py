@@ -144,3 +144,21 @@ def test_a_held_alert_whose_condition_is_back_at_boot_stays_until_it_has_been_qu
             [("active", True, "branch"), ("cleared", True, "branch")]
     finally:
         box.close()
+
+
+def test_a_damaged_alarms_file_is_set_aside_and_reported(tmp_path):
+    (tmp_path / "alarms.json").write_text('{"entries": [')
+    box = Outbox(tmp_path / "o.db")
+    try:
+        clock = FakeClock(datetime(2026, 11, 25, 23, 0, tzinfo=TZ))
+        hall = Hall(tmp_path, clock, box)
+        hall.start()
+        aside = list(tmp_path.glob("alarms.json.damaged-*"))
+        assert len(aside) == 1 and aside[0].read_text() == '{"entries": ['
+        (problem,) = hall.alerts.problems
+        assert "alarms.json damaged" in problem and "moved to" in problem
+        hall.door("open")  # and it runs on: the new state is written afresh
+        hall.alarms.save()
+        assert json.loads((tmp_path / "alarms.json").read_text())["entries"][0]["alert"]["rule"] == "door-after-hours"
+    finally:
+        box.close()

@@ -124,16 +124,36 @@ class AlarmService:
     def load(self) -> None:
         """The book from before a restart (call before the rules' alerts are restored)."""
         try:
-            doc = json.loads(self.path.read_text())
+            text = self.path.read_text()
         except FileNotFoundError:
             return
         except (OSError, ValueError) as e:
-            log.error("could not read %s (%s): alarm handling starts afresh (acknowledgements, windows and "
-                      "drills of before the restart are lost)", self.path, e)
+            self._problem(f"{self.path} unreadable ({getattr(e, 'strerror', None) or e}): alarm handling starts "
+                          "afresh (acknowledgements, windows, drills of before the restart are not restored)")
+            return
+        try:
+            doc = json.loads(text)
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:  # set aside for inspection, never overwritten
+            aside = self.path.with_name(f"{self.path.name}.damaged-{int(self.clock.time())}")
+            try:
+                self.path.rename(aside)
+            except OSError:
+                aside = None
+            self._problem(f"{self.path} damaged ({e}): " + (f"moved to {aside}; " if aside else "") +
+                          "alarm handling starts afresh (acknowledgements, windows, drills of before the restart "
+                          "are not restored)")
             return
         mono, wall = self._times()
         with self.alerts.lock:
-            self.book.restore(doc if isinstance(doc, dict) else {}, mono, wall, self.clock.synced())
+            self.book.restore(doc, mono, wall, self.clock.synced())
+
+    def _problem(self, text: str) -> None:
+        log.error("%s", text)
+        problems = getattr(self.alerts, "problems", None)
+        if isinstance(problems, list):
+            problems.append(text)  # the agent reports them as state-damaged events
 
     def reconcile(self, engine_active: dict, known_sources: set[str]) -> None:
         """After the rules' alerts are restored: line the book up with them, republish what was
