@@ -154,14 +154,19 @@ class Agent:
             return True
         rule, _, source = topic[len(prefix):].partition("/")
         with self.alerts.lock:
-            return (rule, source) in self.engine.active
+            return (rule, source) in self._held_alerts()
+
+    def _held_alerts(self) -> set[tuple[str, str]]:
+        """The alerts the agent holds: the rules' and those alarm handling keeps active (held by
+        flapping, drill-due)."""
+        return set(self.engine.active) | self.alarms.held_alerts()
 
     def _reconcile_alerts(self, seen: dict[str, bytes]) -> None:
         """What the broker showed on our ``alert/#`` right after connecting, against what
         the agent holds: clear the ghosts, republish what the broker lacks."""
         base = self.settings.base_topic
         with self.alerts.lock:
-            held = set(self.engine.active)
+            held = self._held_alerts()
             stored = {t: r.payload for t, r in self.retained.items().items()}
             todo = reconcile_plan(base, seen, held, stored, self.link.pending_topics())
             for ghost in todo.clear:
@@ -186,8 +191,11 @@ class Agent:
                 if item is not None:
                     self.link.publish_now(topic, item.payload, item.qos, retain=True)
             for key in todo.publish:
+                handled = self.alarms.retained_alert(key)  # with its handling
                 alert = self.engine.active.get(key)
-                if alert is not None:
+                if handled is not None:
+                    self.alerts.publish(handled)
+                elif alert is not None:
                     self.alerts.publish(AlertChange(alert, True))
         if todo.republish or todo.publish:
             log.info("the broker lacked %d active alert(s): published again", len(todo.republish) + len(todo.publish))

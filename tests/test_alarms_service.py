@@ -162,3 +162,26 @@ def test_a_damaged_alarms_file_is_set_aside_and_reported(tmp_path):
         assert json.loads((tmp_path / "alarms.json").read_text())["entries"][0]["alert"]["rule"] == "door-after-hours"
     finally:
         box.close()
+
+
+def test_a_flapping_alert_is_held_by_the_agent_when_the_broker_is_reconciled(tmp_path):
+    """The link clears alerts the broker shows and the agent does not hold: one that flapping
+    holds active (the rules have cleared it) is held, not a ghost."""
+    from hall_agent.agent import Agent
+    agent = Agent(validate({"hall": {"id": "zg-001", "city": "zigong", "branch": "ziliujing"},
+                            "storage": {"dir": str(tmp_path / "s")}, "alerts": {"flap_count": 2},
+                            "inputs": [{"id": "door.back", "kind": "door", "pin": 17}]}), simulate=True)
+    try:
+        night = datetime(2026, 7, 1, 22, 0, tzinfo=TZ)
+        for state in ("open", "closed", "open", "closed"):
+            agent.alerts.feed(lambda now, s=state: agent.engine.input("door", "door.back", s, night, 120))
+        assert agent.engine.active == {} and [a["flapping"] for a in agent.alarms.active()] == [True]
+        topic = f"{agent.settings.base_topic}/alert/door-after-hours/door.back"
+        shown = next(r.payload for r in reversed(agent.outbox.take(100)) if r.topic == topic and r.payload)
+        agent._reconcile_alerts({topic: shown})
+        rows = [r for r in agent.outbox.take(200) if b"not held after restart" in r.payload]
+        assert rows == []
+        assert agent._keep_retained(topic)  # its stored payload may be republished too
+    finally:
+        agent.outbox.close()
+        agent.hardware.close()

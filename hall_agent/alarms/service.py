@@ -194,6 +194,15 @@ class AlarmService:
         with self.alerts.lock:
             return self.book.active()
 
+    def held_alerts(self) -> set[tuple[str, str]]:
+        """Every alert alarm handling holds active (the rules' and its own)."""
+        with self.alerts.lock:
+            return set(self.book.entries)
+
+    def retained_alert(self, key: tuple[str, str]) -> Handled | None:
+        with self.alerts.lock:
+            return next((h for h in self.book.retained_alerts() if h.alert.key == key), None)
+
     def status(self) -> dict[str, Any]:
         with self.alerts.lock:
             d = self.book.drill
