@@ -219,6 +219,10 @@ class CheckScheduler:
         self.waiting_for_clock = False
         self.clock_poll_s = 5.0
         self.heartbeat = 0.0
+        # A first start ever (no done marks yet): runs missed before it are history, not news
+        # (the hall was not running them); logged at info. Each missed run is logged once.
+        self._fresh_since: datetime | None = None if self.state_file.exists() else self.now()
+        self._missed_logged: set[str] = set()
 
     def now(self) -> datetime:
         return self.clock.now(self.calendar.tz)
@@ -315,8 +319,15 @@ class CheckScheduler:
         now = self.now()
         planned, missed = plan(self.calendar, now, self.grace, self._done())
         for run in missed:
-            log.warning("%s check of %s at %s was missed (more than %s ago): skipped", run.kind, run.day,
-                        run.at.isoformat(timespec="minutes"), self.grace)
+            key = f"{run.kind}@{run.at.isoformat()}"
+            if key in self._missed_logged:
+                continue  # said at an earlier rebuild (00:05, SIGHUP)
+            self._missed_logged.add(key)
+            before_first_start = self._fresh_since is not None and run.at < self._fresh_since
+            log.log(logging.INFO if before_first_start else logging.WARNING,
+                    "%s check of %s at %s was missed (more than %s ago): skipped%s", run.kind, run.day,
+                    run.at.isoformat(timespec="minutes"), self.grace,
+                    " (before this agent's first start)" if before_first_start else "")
         for p in planned:
             self.scheduler.add_job(self._fire, "date", run_date=p.fire_at, next_run_time=p.fire_at, args=[p],
                                    id=p.key, misfire_grace_time=None, replace_existing=True)

@@ -275,3 +275,24 @@ def test_misfire_grace_zero_still_runs_checks_on_time(tmp_path):
         assert fired[0].kind == "opening"
     finally:
         sched.stop()
+
+
+def test_a_run_missed_before_the_first_start_ever_is_info_and_a_running_halls_is_a_warning(tmp_path, caplog):
+    """A fresh state folder at 08:30 (the 08:00 opening is 30 minutes gone): not news, info;
+    the same miss on a hall that has done checks before is a warning. Each is said once,
+    not again at the next rebuild."""
+    def start(state):
+        clock = FakeClock(datetime(2026, 11, 27, 8, 30, tzinfo=SH))
+        sched = CheckScheduler(CAL, lambda run: None, state, 20, require_sync=False, clock=clock, thread=False)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="hall_agent.scheduler"):
+            sched.rebuild()
+            sched.rebuild()
+        return [(r.levelname, r.getMessage()) for r in caplog.records if "was missed" in r.getMessage()]
+
+    fresh = start(tmp_path / "fresh" / "done.json")
+    assert [lvl for lvl, _ in fresh] == ["INFO"] and "opening" in fresh[0][1]
+    state = tmp_path / "done.json"
+    state.write_text('{"closing@2026-11-26T17:45:00+08:00": "2026-11-26T17:45:00+08:00"}')
+    running = start(state)
+    assert [lvl for lvl, _ in running] == ["WARNING"] and "opening" in running[0][1]
