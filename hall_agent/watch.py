@@ -183,7 +183,7 @@ class Board:
             data = _data(doc)
             # a console ranks down what a maintenance window covers (never a panic: the agent never marks one)
             return (1 if data.get("suppressed") else 0, 0 if on_top(rule) else 1,
-                    SEVERITY_RANK.get(doc.get("severity"), 3),
+                    _look(SEVERITY_RANK, doc.get("severity"), 3),
                     priority if isinstance(priority, int) else 9,
                     -(raised.timestamp() if raised else float("-inf")), item[0])
         return sorted(self.alerts.items(), key=key)
@@ -260,9 +260,9 @@ class Board:
         severity = str(doc.get("severity", ""))
         flags = "" if live else f"  {stale_age}".rstrip()
         flags += handling_flags(data, now)
-        text = (f"  {PRIORITY.get(moment.get('priority'), '?'):>3} {severity:8} {_short(base)}{name}  "
+        text = (f"  {_look(PRIORITY, moment.get('priority'), '?'):>3} {severity:8} {_short(base)}{name}  "
                 f"{RULE.get(rule, rule)} [{source}]  {when}{flags}  "
-                f"{CATEGORY.get(moment.get('category'), moment.get('category') or '')}: {data.get('message', '')}")
+                f"{_look(CATEGORY, moment.get('category'), moment.get('category') or '')}: {data.get('message', '')}")
         style = "alarm" if on_top(rule) or severity == "critical" else ("warn" if severity == "warning" else "")
         if data.get("suppressed") or data.get("drill") or data.get("acknowledged_by"):
             style = "" if style == "alarm" else style  # being handled: no longer shouting
@@ -299,7 +299,7 @@ class Board:
         if not hall.clock_synced:
             state += "  时钟未同步 CLOCK NOT SYNCED"
         checks = " | ".join(
-            f"{RESULT.get(hall.checks[k].get('result'), '-')} {_clock(_parse(hall.checks[k].get('finished_at')), now)}"
+            f"{_look(RESULT, hall.checks[k].get('result'), '-')} {_clock(_parse(hall.checks[k].get('finished_at')), now)}"
             if k in hall.checks else "-" for k in ("opening", "closing"))
         stale = "" if live else f"  {stale_age}".rstrip()
         name = f" {hall.name}" if hall.name else ""
@@ -313,7 +313,7 @@ def handling_flags(data: dict, now: datetime) -> str:
     flags = ""
     if data.get("drill"):
         flags += "  演练 DRILL (no police)"
-    if data.get("escalation") in ESCALATION:
+    if _look(ESCALATION, data.get("escalation"), None):
         flags += f"  {ESCALATION[data['escalation']]}"
     if data.get("acknowledged_by"):
         when = _parse(data.get("acknowledged_at"))
@@ -337,6 +337,15 @@ def _cut(rows: list[tuple[str, str]], budget: int, what: str) -> list[tuple[str,
         return rows
     keep = max(budget - 1, 0)
     return rows[:keep] + [(f"  +{len(rows) - keep} more {what}", "warn")]
+
+
+def _look(table: dict, value, default):
+    """``table.get(value, default)`` for a value from the wire: a list or an object (unhashable)
+    in a field is garbage, shown as unknown, not a crash of the console."""
+    try:
+        return table.get(value, default)
+    except TypeError:
+        return default
 
 
 def _data(doc: dict) -> dict:

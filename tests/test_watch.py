@@ -187,3 +187,36 @@ def test_garbage_never_breaks_the_board(topic, payload):
     b.apply("halls/a/b/c/" + topic, payload)
     b.apply(topic, payload)
     b.render(now=NOW)
+
+
+FIELDS = ["data", "moment", "priority", "severity", "category", "state", "raised_at", "ts", "message", "escalation",
+          "acknowledged_by", "suppressed", "until", "reason", "name", "interval_s", "clock_synced", "result",
+          "finished_at"]
+JSON_LEAF = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=4) | \
+    st.sampled_from(["critical", "warning", "cleared", "pass", "branch", "0001-01-01T00:00:00+14:00"])
+JSON_VALUE = st.recursive(JSON_LEAF, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.sampled_from(FIELDS), c,
+                                                                                           max_size=6), max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(msgs=st.lists(st.tuples(st.sampled_from(["status", "health", "alert/panic/p", "alert/co2-high/c",
+                                                "check/opening", "check/closing"]), JSON_VALUE), max_size=6))
+def test_well_formed_json_with_fields_of_the_wrong_type_never_breaks_the_board(msgs):
+    """A severity, priority, category, escalation or check result that is a list or an object
+    (garbage from a broken or foreign publisher) is shown as unknown; it once crashed the
+    console in sorting (unhashable type: 'list')."""
+    b = Board()
+    for rest, doc in msgs:
+        b.apply("halls/a/b/h/" + rest, json.dumps(doc).encode())
+    for conn in (Connection("127.0.0.1", 1883, connected=True, since=NOW, ever_connected=True, subscribed=True),
+                 Connection("127.0.0.1", 1883)):
+        b.render_lines(conn, NOW, 80, 12)
+    b.ack_target()
+
+
+def test_an_unhashable_severity_is_shown_not_a_crash():
+    b = Board()
+    b.apply("halls/a/b/h/alert/panic/p", json.dumps({"severity": [], "moment": {"priority": {}, "category": []},
+                                                     "data": {"escalation": [1]}}).encode())
+    b.apply("halls/a/b/h/check/opening", json.dumps({"data": {"result": ["pass"]}}).encode())
+    assert "b/h" in b.render(now=NOW)
