@@ -263,3 +263,14 @@ def test_run_refuses_an_unwritable_state_folder(tmp_path):
     r = subprocess.run([sys.executable, "-m", "hall_agent", "run", "-c", str(path)], capture_output=True, text=True,
                        timeout=30)
     assert r.returncode == 2 and r.stderr.startswith("config error: storage.dir: ") and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("name, value, field", [("HALL_AGENT_RULES", '[{"id": 1}', "rules"),
+                                                ("HALL_AGENT_HOURS__CLOSED", "[2026", "hours")])
+def test_an_environment_variable_that_is_not_json_is_a_config_error_not_a_traceback(monkeypatch, name, value, field):
+    """pydantic-settings raises SettingsError (not ValidationError) for a list/table variable
+    that is not JSON: it went out of `config check` and `run` as a traceback."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as e:
+        load(Path(__file__).parent.parent / "deploy" / "config.example.toml")
+    assert e.value.problems[0].startswith(f"{field}: the environment variable {name} is not valid JSON")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic_settings import SettingsError
 
 from .checks import cross_checks
 from .models import Settings
@@ -77,6 +78,8 @@ def validate(data: dict[str, Any]) -> Settings:
         try:
             settings = Settings(**work)
             break
+        except SettingsError as e:  # an environment variable that is not JSON where a list/table is due
+            raise ConfigError([_env_problem(e)]) from None
         except ValidationError as e:
             errors = [err for err in e.errors()]
             locs = {tuple(p for p in err["loc"] if not _is_union_tag(p)) for err in errors}
@@ -97,6 +100,16 @@ def validate(data: dict[str, Any]) -> Settings:
     if problems:
         raise ConfigError([f"{path}: {reason}" for path, reason in problems])
     return settings
+
+
+def _env_problem(e: SettingsError) -> str:
+    m = re.search(r'field "([^"]+)"', str(e))
+    field = m[1] if m else "?"
+    names = sorted(k for k in os.environ if k.upper() == f"HALL_AGENT_{field.upper()}"
+                   or k.upper().startswith(f"HALL_AGENT_{field.upper()}__"))
+    detail = f": {e.__cause__}" if e.__cause__ else ""
+    return (f"{field}: the environment variable {' or '.join(names) or 'HALL_AGENT_' + field.upper()} "
+            f"is not valid JSON{detail}")
 
 
 def _remap(text: str, kept: dict[str, list[int]]) -> str:
