@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -52,7 +53,7 @@ def parse(payload: bytes) -> Command:
     if len(payload) > MAX_COMMAND_BYTES:
         raise CommandError("too-large", f"command is {len(payload)} bytes; the limit is {MAX_COMMAND_BYTES}")
     try:
-        doc = json.loads(payload.decode("utf-8"), parse_constant=_no_constant)
+        doc = json.loads(payload.decode("utf-8"), parse_constant=_no_constant, parse_float=_finite)
     except UnicodeDecodeError:
         raise CommandError("malformed", "command is not UTF-8 text") from None
     except CommandError:
@@ -92,6 +93,13 @@ def parse(payload: bytes) -> Command:
 
 def _no_constant(name: str):
     raise CommandError("malformed", f"command is not JSON: {name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e309: valid JSON, but Python reads it as inf (no envelope may hold one)
+        raise CommandError("malformed", f"command is not usable JSON: {text[:40]} is too large for a number")
+    return value
 
 
 def _lone_surrogate(value: Any) -> str | None:

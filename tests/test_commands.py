@@ -141,3 +141,13 @@ def test_any_command_gets_a_reply_that_can_be_sent(args):
     out = dispatcher().handle(payload)
     strict_loads(encode_json(out.reply))
     strict_loads(encode_json(out.audit))
+
+
+def test_a_number_too_large_for_a_float_is_refused_not_read_as_infinity():
+    """1e309 is valid JSON but Python reads it as inf: it reached a handler (and any reply or
+    audit that echoed it) as Infinity, which no strict JSON parser accepts."""
+    for number in (b"1e309", b"-1e400", b"1" + b"0" * 400 + b".5"):
+        out = dispatcher().handle(b'{"id":"f","command":"ping","args":{"v":' + number + b"}}")
+        assert out.reply["ok"] is False and out.reply["error"]["code"] == "malformed", number
+        assert out.reply["id"] is None or out.reply["id"] == "f"
+    assert dispatcher().handle(b'{"id":"f","command":"ping","args":{"v":1e308}}').reply["ok"] is True
