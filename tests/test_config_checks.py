@@ -153,3 +153,41 @@ def test_any_interval_is_accepted_or_refused_with_its_key(tmp_path_factory, valu
         assert e.problems and all(p.startswith("sensors[0].interval_s: ") for p in e.problems), e.problems
         return
     assert math.isfinite(s.sensors[0].interval_s) and 0 < s.sensors[0].interval_s <= 7 * 86400
+
+
+def test_a_part_refused_by_the_schema_is_not_blamed_again_where_it_is_referred_to(tmp_path):
+    """A panic input, a sensor set aside for its own problem: the reset input, the rule and the
+    maintenance window naming them got a second, false problem ("is not a panic input",
+    "is not a sensor id"), sending the engineer to fix what is right."""
+    ps = problems(tmp_path, HALL + """
+[[sensors]]
+id = "co2.hall"
+driver = "scd4x"
+interval_s = 10
+bogus = 1
+[[inputs]]
+id = "panic.a"
+kind = "panic"
+pin = 22
+bounce_ms = 1e12
+[[inputs]]
+id = "panic.reset"
+kind = "reset"
+pin = 24
+resets = ["panic.a", "panic.nowhere"]
+[[rules]]
+id = "co2-demo"
+source = "co2.hall"
+value = "co2_ppm"
+above = 1500
+[[maintenance]]
+rule = "co2-demo"
+source = "panic.a"
+from = "22:00"
+to = "23:00"
+reason = "test"
+""")
+    assert any(p.startswith("sensors[0].bogus: unknown key") for p in ps)
+    assert any(p.startswith("inputs[0].bounce_ms:") for p in ps)
+    assert "inputs[1].resets[1]: 'panic.nowhere' is not a panic input" in ps  # a real one still is
+    assert not [p for p in ps if "panic.a" in p or "co2.hall" in p], ps

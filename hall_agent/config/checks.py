@@ -33,15 +33,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def cross_checks(s: Settings) -> list[Problem]:
+def cross_checks(s: Settings, aside: frozenset[str] = frozenset()) -> list[Problem]:
+    """``aside``: ids of parts and rules the schema refused (already reported, set aside):
+    a reference to one of them is not a second, misleading problem."""
     problems: list[Problem] = []
     problems += _unique_ids(s)
     problems += _unique_pins(s)
     problems += _sensor_options(s)
-    problems += _references(s)
+    problems += _references(s, aside)
     problems += _mqtt(s)
     problems += _parts(s)
-    problems += _maintenance(s)
+    problems += _maintenance(s, aside)
     overlap = set(s.profile.summer_months) & set(s.profile.winter_months)
     if overlap:
         problems.append(("profile.winter_months",
@@ -118,9 +120,9 @@ def _sensor_options(s: Settings) -> list[Problem]:
     return problems
 
 
-def _references(s: Settings) -> list[Problem]:
+def _references(s: Settings, aside: frozenset[str] = frozenset()) -> list[Problem]:
     problems = []
-    panic_ids = {x.id for x in s.inputs if x.kind == "panic"}
+    panic_ids = {x.id for x in s.inputs if x.kind == "panic"} | aside
     for i, inp in enumerate(s.inputs):
         if inp.resets and inp.kind != "reset":
             problems.append((f"inputs[{i}].resets", "only an input of kind 'reset' resets panic alarms"))
@@ -129,7 +131,7 @@ def _references(s: Settings) -> list[Problem]:
                 problems.append((f"inputs[{i}].resets[{j}]", f"{target!r} is not a panic input"))
     from ..rules.profile import FIXED, gbt18883, Seasons
     profile_ids = {r.id for r in gbt18883(Seasons())}
-    sensor_ids = {x.id for x in s.sensors}
+    sensor_ids = {x.id for x in s.sensors} | aside
     for i, rule in enumerate(s.rules):
         if rule.id in FIXED:
             extra = sorted(rule.model_fields_set - {"id", "severity", "category", "priority"})
@@ -303,11 +305,12 @@ OWN_RULES = ("storage-failed", "publish-refused", "subscribe-refused", "gpio-una
              "calendar-unconfirmed", "certificate-expiring", "drill-due")
 
 
-def _maintenance(s: Settings) -> list[Problem]:
+def _maintenance(s: Settings, aside: frozenset[str] = frozenset()) -> list[Problem]:
     """A scheduled window naming a rule or a part that does not exist would never apply: refused."""
     from ..rules.profile import FIXED, gbt18883, Seasons
     rules = set(FIXED) | set(OWN_RULES) | {r.id for r in gbt18883(Seasons())} | {r.id for r in s.rules}
-    parts = {x.id for x in (*s.sensors, *s.inputs, *s.printers, *s.equipment)} | {"opening", "closing"}
+    rules |= aside
+    parts = {x.id for x in (*s.sensors, *s.inputs, *s.printers, *s.equipment)} | {"opening", "closing"} | aside
     problems = []
     for i, w in enumerate(s.maintenance):
         if w.rule != "*" and w.rule not in rules:

@@ -72,6 +72,7 @@ def validate(data: dict[str, Any]) -> Settings:
     _fold_case(work)
     kept = {t: list(range(len(work[t]))) for t in TABLES if isinstance(work.get(t), list)}
     placeholders: set[tuple] = set()
+    aside: set[str] = set()  # ids of the list items set aside (their problems already said)
     settings = None
     previous: set[tuple] = set()
     for _ in range(12):
@@ -91,10 +92,10 @@ def validate(data: dict[str, Any]) -> Settings:
             if locs <= previous:  # nothing left that setting aside can fix (an environment variable)
                 break
             previous |= locs
-            _set_aside(work, errors, kept, placeholders)
+            _set_aside(work, errors, kept, placeholders, aside)
     if settings is not None:
         from .checks import limits
-        for path, reason in cross_checks(settings) + limits(settings):
+        for path, reason in cross_checks(settings, frozenset(aside)) + limits(settings):
             problems.append((_remap(path, kept), _remap(reason, kept)))
     problems = list(dict.fromkeys(problems))
     if problems:
@@ -122,7 +123,8 @@ def _remap(text: str, kept: dict[str, list[int]]) -> str:
     return re.sub(r"\b(" + "|".join(TABLES) + r")\[(\d+)\]", one, text)
 
 
-def _set_aside(work: dict, errors: list[dict], kept: dict[str, list[int]], placeholders: set[tuple]) -> None:
+def _set_aside(work: dict, errors: list[dict], kept: dict[str, list[int]], placeholders: set[tuple],
+               aside: set[str] | None = None) -> None:
     """Remove what the schema refused, so the rest can still be checked: a refused list item
     goes whole, a refused key goes (its default applies), a missing id gets a placeholder."""
     drop: dict[str, set[int]] = {}
@@ -162,6 +164,8 @@ def _set_aside(work: dict, errors: list[dict], kept: dict[str, list[int]], place
             continue
         for i in sorted(indexes, reverse=True):
             if i < len(items):
+                if aside is not None and isinstance(items[i], dict) and isinstance(items[i].get("id"), str):
+                    aside.add(items[i]["id"])
                 del items[i]
                 del kept[table][i]
 
