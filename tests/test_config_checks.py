@@ -191,3 +191,29 @@ reason = "test"
     assert any(p.startswith("inputs[0].bounce_ms:") for p in ps)
     assert "inputs[1].resets[1]: 'panic.nowhere' is not a panic input" in ps  # a real one still is
     assert not [p for p in ps if "panic.a" in p or "co2.hall" in p], ps
+
+
+def test_a_bad_maintenance_window_or_closed_date_does_not_hide_the_other_problems(tmp_path):
+    """A problem inside [[maintenance]] or hours.closed could not be set aside: the schema pass
+    gave up and no cross-check or limit ran (rules[0].above = inf and a timer of 1e35 s went
+    unreported until the next run of config check)."""
+    ps = problems(tmp_path, HALL + """
+[hours]
+closed = ["2026-13-01"]
+[[maintenance]]
+rule = "*"
+from = "25:00"
+to = "08:00"
+reason = "x"
+[[sensors]]
+id = "s"
+driver = "scd4x"
+interval_s = 99999999999999999999999999999999999
+[[rules]]
+id = "x"
+source = "s"
+value = "co2_ppm"
+above = 1e309
+""")
+    assert [p.split(":")[0] for p in ps] == ["hours.closed[0]", "maintenance[0].from", "sensors[0].interval_s",
+                                             "rules[0].above"], ps

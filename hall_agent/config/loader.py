@@ -60,7 +60,7 @@ def load(path: str | os.PathLike | None = None, defaults: dict[str, Any] | None 
     return validate(data)
 
 
-TABLES = ("sensors", "inputs", "printers", "equipment", "rules")
+TABLES = ("sensors", "inputs", "printers", "equipment", "rules", "maintenance")
 _PLACEHOLDER_ID = "x"
 
 
@@ -148,6 +148,10 @@ def _set_aside(work: dict, errors: list[dict], kept: dict[str, list[int]], place
                 for key in ("id", "city", "branch"):
                     work["hall"][key] = _PLACEHOLDER_ID
             continue
+        # inside a list that is not a table of parts (hours.closed[0]): the whole key goes
+        ints = [n for n, part in enumerate(loc) if isinstance(part, int)]
+        if ints and ints[0] > 0:
+            loc = loc[:ints[0]]
         parent = work
         for part in loc[:-1]:
             parent = parent.get(part) if isinstance(parent, dict) else None
