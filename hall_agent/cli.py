@@ -54,6 +54,20 @@ def _parser() -> argparse.ArgumentParser:
     watch.add_argument("--operator", metavar="ID", help="your staff id: the a key acknowledges the first "
                                                         "unacknowledged alert as ID")
     watch.add_argument("--seconds", type=float, help=argparse.SUPPRESS)  # bounded run, for tests
+
+    fleet = sub.add_parser("fleet", help="roll configurations out to halls; their state (docs/fleet.md)")
+    fleet_sub = fleet.add_subparsers(dest="action", metavar="ACTION", required=True)
+    push = cfg(fleet_sub.add_parser("push", help="publish each hall's desired file, wave by wave"))
+    push.add_argument("dir", metavar="DIR", help="folder of <city>/<branch>/<hall>.toml files")
+    push.add_argument("--scope", required=True, metavar="CITY[/BRANCH[/HALL]]")
+    push.add_argument("--wave", default="10%", metavar="N|N%", help="halls per wave (default 10%%)")
+    push.add_argument("--max-failures", type=int, metavar="K", help="start no further wave after K failures")
+    push.add_argument("--timeout", type=float, default=600.0, metavar="S",
+                      help="seconds a hall has to report applied and online (default 600)")
+    push.add_argument("--version", dest="config_version", metavar="V", help="version label (default: UTC time)")
+    fstatus = cfg(fleet_sub.add_parser("status", help="each hall's configuration version, sha256 and state"))
+    fstatus.add_argument("--scope", required=True, metavar="CITY[/BRANCH[/HALL]]")
+    fstatus.add_argument("--json", action="store_true")
     return p
 
 
@@ -135,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "schedule":
         return _schedule(args)
     # a console's configuration needs only [mqtt]
-    defaults = {"hall": {"id": "console", "city": "central", "branch": "central"}} if args.command == "watch" else None
+    defaults = {"hall": {"id": "console", "city": "central", "branch": "central"}} \
+        if args.command in ("watch", "fleet") else None
     settings = _load(args, defaults)
     if settings is None:
         return EXIT_USAGE
@@ -176,6 +191,12 @@ def main(argv: list[str] | None = None) -> int:
         from . import watch
         return watch.run(settings, args.scope, seconds=args.seconds, once=args.once, bell=not args.no_bell,
                          operator=args.operator)
+    if args.command == "fleet":
+        from .fleet import push as fleet
+        if args.action == "push":
+            return fleet.push(settings, args.dir, args.scope, args.wave, args.max_failures, args.timeout,
+                              args.config_version)
+        return fleet.status(settings, args.scope, args.json)
     if args.command == "doctor":
         from . import doctor
         return doctor.run(settings, args.config)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -202,3 +203,89 @@ class Supervised:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+class SimHall:
+    """A simulated hall for rollouts: the agent's own fleet code (Member: the
+    validation, the file replace, the self-revert) on a paho client of its own,
+    logged in as the hall's broker user. A restart it asks for is done in
+    process: the client goes, and a new Member and client start from the file
+    on disk (what systemd and a new agent process would do)."""
+
+    def __init__(self, workdir: Path, port: int, secret: str, city: str, branch: str, hall: str,
+                 revert_after_s: float = 300):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.base = f"halls/{city}/{branch}/{hall}"
+        self.hall = hall
+        pw = workdir / "mqtt-password"
+        pw.write_text(secret + "\n")
+        self.config = hall_config(workdir / "config.toml", port, workdir / "state", pw, hall=hall, city=city,
+                                  branch=branch, revert_after_s=revert_after_s)
+        (workdir / "state").mkdir(exist_ok=True)
+        self.state = workdir / "state"
+        self.restarts = 0
+        self.client = None
+        self.member = None
+        self._lock = threading.Lock()
+        self.boot()
+
+    def boot(self) -> None:
+        from hall_agent.config import load
+        from hall_agent.fleet import Member
+        settings = load(self.config)
+        now = lambda: datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        self.member = Member(settings, self.config, self.state, self._publish, self._restart, now)
+        noop = lambda old, new: None
+        self.member.appliers.update({"hours": noop, "checks": noop, "rules": noop, "profile": noop})
+        self.member.boot()
+        m = settings.mqtt
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"hall-agent-{self.hall}", protocol=mqtt.MQTTv5)
+        c.username_pw_set(m.username, m.password_file.read_text().strip())
+        c.will_set(f"{self.base}/status", json.dumps({"state": "offline", "reason": "connection-lost"}), 1, True)
+        c.reconnect_delay_set(0.1, 0.5)
+        c.on_connect = self._on_connect
+        c.on_message = lambda cl, u, msg: threading.Thread(target=self.member.on_desired,
+                                                           args=(bytes(msg.payload),), daemon=True).start()
+        self.client = c
+        c.connect_async(m.host, m.effective_port, 30)
+        c.loop_start()
+        self.member.start()
+
+    def _on_connect(self, client, userdata, flags, rc, props) -> None:
+        if rc.is_failure:
+            return
+        client.subscribe(f"{self.base}/config/desired", qos=1)
+        client.publish(f"{self.base}/status", json.dumps({"state": "online", "version": "sim"}), 1, True)
+        self.member.connected()
+
+    def _publish(self, payload: bytes, wait_s: float) -> bool:
+        c = self.client
+        if c is None or not c.is_connected():
+            return False
+        info = c.publish(f"{self.base}/config/reported", payload, 1, True)
+        if wait_s <= 0:
+            return True
+        try:
+            info.wait_for_publish(wait_s)
+        except (RuntimeError, ValueError):
+            return False
+        return info.is_published()
+
+    def _restart(self, reason: str) -> None:
+        threading.Thread(target=self._do_restart, daemon=True).start()
+
+    def _do_restart(self) -> None:
+        with self._lock:
+            self.close()
+            self.restarts += 1
+            self.boot()
+
+    def close(self) -> None:
+        if self.member is not None:
+            self.member.stop()
+        if self.client is not None:
+            if self.client.is_connected():
+                self.client.publish(f"{self.base}/status", json.dumps({"state": "offline", "reason": "shutdown"}),
+                                    1, True).wait_for_publish(2)
+            self.client.disconnect()
+            self.client.loop_stop()
