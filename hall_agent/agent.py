@@ -15,6 +15,7 @@ from . import __version__, health
 from .commands import Dispatcher
 from .config import Settings
 from .envelope import Envelope, Events, Moment, encode_json
+from .fleet.logs import split_reply
 from .alerts import Alerts
 from .calendar import BusinessCalendar
 from .checks import CheckAborted, CheckBusy, CheckRunner, Report
@@ -122,6 +123,7 @@ class Agent:
         self.link.keep_retained = self._keep_retained
         self.link.on_retained_alerts = self._reconcile_alerts
         self.link.on_condition = self._on_link_condition
+        self.health_extras: list[Callable[[], dict]] = []  # more fields for each health report
         self.status_providers: dict[str, Callable[[], Any]] = {
             "sensors": self._sensor_status, "inputs": self.devices.input_states, "alerts": self.alarms.active,
             "alarms": self.alarms.status,
@@ -280,6 +282,7 @@ class Agent:
         s = self.settings
         known = {x.id for x in (*s.sensors, *s.inputs, *s.printers, *s.equipment)} | {"opening", "closing", "outbox", "mqtt"}
         known |= {CLOCK_SOURCE, CALENDAR_SOURCE}  # the agent's own alerts (clock-unsynced, calendar-unconfirmed)
+        known |= {"mqtt.cert", "mqtt.ca"}  # certificate-expiring (fleet/health.py)
         self.alarms.reconcile(self.engine.active, known)
         self.alerts.feed(lambda now: self.engine.forget_sources(known, now))
         if self.engine.active:
@@ -387,10 +390,11 @@ class Agent:
 
     def _answer_command(self, msg: Incoming) -> None:
         outcome = self.dispatcher.handle(msg.payload)
-        reply = encode_json(outcome.reply)  # strict JSON: no NaN, no lone surrogate
-        self.link.publish_now(f"{self.settings.base_topic}/cmd/reply", reply)
-        if msg.response_topic:
-            self.link.publish_now(msg.response_topic, reply, correlation_data=msg.correlation_data)
+        # strict JSON (no NaN, no lone surrogate); a long answer (logs) in chunks of at most 64 KiB
+        for reply in split_reply(outcome.reply, encode=encode_json):
+            self.link.publish_now(f"{self.settings.base_topic}/cmd/reply", reply)
+            if msg.response_topic:
+                self.link.publish_now(msg.response_topic, reply, correlation_data=msg.correlation_data)
         try:
             self.emit(self.events.command(outcome.audit, severity="info" if outcome.ok else "warning"))
         except OutboxClosed:  # a slow command (check) that ended while the agent stopped
@@ -496,6 +500,8 @@ class Agent:
                 data["clock_synced"] = self.clock.synced()
                 data["calendar_confirmed_until"] = self.calendar_confirmed_until()
                 data["mqtt"] = self.link.health()
+                for extra in self.health_extras:
+                    data.update(extra())
                 self.emit(self.events.health(data))
             except Exception:
                 log.exception("health report failed")

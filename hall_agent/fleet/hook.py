@@ -50,6 +50,25 @@ def attach(agent: "Agent") -> Member:
         _adopt(agent, new)
         log.info("rules rebuilt from the new configuration")
 
+    from zoneinfo import ZoneInfo
+    from . import logs
+    ring = logs.install_ring()
+    tz = ZoneInfo(agent.settings.hall.timezone)
+    agent.dispatcher.register("logs", lambda args: logs.command(args, tz, ring))
+    agent.slow_commands.add("logs")  # journalctl may take a moment: not on the inbox thread
+    from .. import __version__
+    from . import health as field
+
+    def field_health() -> dict:
+        data = field.collect(agent.settings, member.config_sha256, __version__)
+        for source, (on, days) in field.expiring(data).items():
+            what = "client certificate" if source == "mqtt.cert" else "CA certificate"
+            msg = f"the TLS {what} expires in {days} days" if on else f"the TLS {what} is valid for {days} days"
+            agent.alerts.feed(lambda now, s=source, on=on, msg=msg, d=days: agent.engine.condition(
+                "certificate-expiring", s, on, msg, now, value=d, threshold=field.EXPIRY_WARN_DAYS))
+        return data
+
+    agent.health_extras.append(field_health)
     member.appliers.update({"hours": calendar, "checks": calendar, "rules": rules, "profile": rules})
     link.subscribe("config/desired", lambda msg: member.on_desired(msg.payload))
     link.on_connected.append(member.connected)

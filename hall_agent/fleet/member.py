@@ -65,6 +65,7 @@ class Member:
         self.last_reported: bytes | None = None
         self._reported_acked = False
         self.restarting = False
+        self.config_sha256 = _sha256(config_file)  # of the running file (health)
         reported = self._doc.get("reported")
         if isinstance(reported, dict):
             self.last_reported = json.dumps(reported).encode()
@@ -192,6 +193,7 @@ class Member:
                                             "the previous file is back"])
             return
         self.settings = new
+        self.config_sha256 = _sha256(self.config_file)
         self._doc["current"] = info
         self._report(info, "applied", [], live=plan.live)
         log.info("configuration %s applied live (%s)", d.version, ", ".join(plan.live) or "no change")
@@ -278,3 +280,11 @@ class Member:
             self.state.save(self._doc)
         except OSError as e:
             log.error("fleet state %s cannot be written: %s", self.state.path, e)
+
+
+def _sha256(path: Path) -> str | None:
+    import hashlib
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None

@@ -299,10 +299,12 @@ class RulesEngine:
                            "and its make-up working days under [hours.open]", value=unconfirmed.isoformat(),
                            threshold=warn_days)
 
-    def condition(self, rule: str, source: str, active: bool, message: str, now: datetime) -> list[AlertChange]:
+    def condition(self, rule: str, source: str, active: bool, message: str, now: datetime, value=None,
+                  threshold=None) -> list[AlertChange]:
         """A fixed system rule held while a condition lasts (``publish-refused``,
-        ``subscribe-refused``): raised once when it starts, cleared once when it ends."""
-        return self._set(rule, source, active, now, message)
+        ``subscribe-refused``, ``certificate-expiring``): raised once when it starts,
+        cleared once when it ends."""
+        return self._set(rule, source, active, now, message, value=value, threshold=threshold)
 
     # -- persistence (the agent stores this in its state folder) -----------------------------
     def snapshot(self) -> list[dict]:

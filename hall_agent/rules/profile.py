@@ -127,6 +127,7 @@ FIXED = {r.id: r for r in (
     FixedRule("gpio-unavailable", "critical", "system", 1),
     FixedRule("publish-refused", "critical", "system", 1),
     FixedRule("subscribe-refused", "critical", "system", 1),
+    FixedRule("certificate-expiring", "warning", "system", 2),
 )}
 
 

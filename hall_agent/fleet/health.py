@@ -1,0 +1,105 @@
+"""Health fields that answer the usual field questions (SPEC section 3):
+the Pi's under-voltage and throttling flags, days until the TLS client
+certificate and the CA expire, the sha256 of the running configuration and
+the package version. Pure functions over files; the agent adds the result to
+each ``health`` envelope, and raises ``certificate-expiring`` from it.
+
+Throttling: the Raspberry Pi firmware's ``get_throttled`` bits (vcgencmd(1)):
+0 under-voltage now, 1 ARM frequency capped now, 2 throttled now, 3 soft
+temperature limit now; 16-19 the same "has occurred since boot". Read from
+the kernel's ``/sys/devices/platform/soc/soc:firmware/get_throttled`` (the
+hardened unit hides ``/dev/vcio``, which ``vcgencmd`` needs), else from
+``vcgencmd get_throttled``; absent on a machine that has neither.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import ssl
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+THROTTLED_SYSFS = Path("/sys/devices/platform/soc/soc:firmware/get_throttled")
+THROTTLE_BITS = {0: "under_voltage", 1: "freq_capped", 2: "throttled", 3: "soft_temp_limit",
+                 16: "under_voltage_occurred", 17: "freq_capped_occurred", 18: "throttled_occurred",
+                 19: "soft_temp_limit_occurred"}
+EXPIRY_WARN_DAYS = 30
+
+
+def decode_throttled(value: int) -> dict[str, Any]:
+    flags = {name: bool(value >> bit & 1) for bit, name in THROTTLE_BITS.items()}
+    return {"raw": f"0x{value:x}", **flags}
+
+
+def throttled(sysfs: Path = THROTTLED_SYSFS, vcgencmd: str = "vcgencmd") -> dict[str, Any] | None:
+    try:
+        return decode_throttled(int(sysfs.read_text().strip(), 16))
+    except (OSError, ValueError):
+        pass
+    exe = shutil.which(vcgencmd)
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run([exe, "get_throttled"], capture_output=True, text=True, timeout=3).stdout
+        return decode_throttled(int(out.strip().split("=", 1)[1], 16))
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
+        return None
+
+
+def not_after(cert_file: Path) -> float | None:
+    """The certificate's notAfter (seconds since the epoch), or None if it cannot be read."""
+    try:
+        decoded = ssl._ssl._test_decode_cert(str(cert_file))  # CPython's own PEM parser
+        return float(ssl.cert_time_to_seconds(decoded["notAfter"]))
+    except (AttributeError, OSError, ssl.SSLError, KeyError, ValueError):
+        pass
+    exe = shutil.which("openssl")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run([exe, "x509", "-noout", "-enddate", "-in", str(cert_file)], capture_output=True,
+                             text=True, timeout=5).stdout
+        return float(ssl.cert_time_to_seconds(out.strip().split("=", 1)[1]))
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
+        return None
+
+
+def days_left(cert_file: Path | None, now: float) -> int | None:
+    if cert_file is None:
+        return None
+    end = not_after(cert_file)
+    return None if end is None else int((end - now) // 86400)
+
+
+def file_sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def collect(settings, config_sha256: str | None, version: str, now: float | None = None,
+            sysfs: Path = THROTTLED_SYSFS) -> dict[str, Any]:
+    now = time.time() if now is None else now
+    out: dict[str, Any] = {"config_sha256": config_sha256, "version": version}
+    flags = throttled(sysfs)
+    if flags is not None:
+        out["throttled"] = flags
+    m = settings.mqtt
+    if m.tls:
+        out["cert_days_left"] = days_left(m.cert_file, now)
+        out["ca_days_left"] = days_left(m.ca_file, now)
+    return out
+
+
+def expiring(data: dict[str, Any]) -> dict[str, tuple[bool, int | None]]:
+    """``{"mqtt.cert": (expiring?, days), "mqtt.ca": …}`` for the alert."""
+    out = {}
+    for key, source in (("cert_days_left", "mqtt.cert"), ("ca_days_left", "mqtt.ca")):
+        if key in data:
+            days = data[key]
+            out[source] = (days is not None and days < EXPIRY_WARN_DAYS, days)
+    return out
