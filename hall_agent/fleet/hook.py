@@ -38,7 +38,7 @@ def attach(agent: "Agent") -> Member:
         return info.is_published()
 
     member = Member(agent.settings, config_path(agent.config_path), agent.state_dir, publish,
-                    agent.request_restart, agent.events.now)
+                    agent.request_restart, agent.events.now, monotonic=agent.clock.monotonic)
 
     def calendar(old: Settings, new: Settings) -> None:
         agent.apply_calendar(new)
@@ -60,7 +60,7 @@ def attach(agent: "Agent") -> Member:
     from . import health as field
 
     def field_health() -> dict:
-        data = field.collect(agent.settings, member.config_sha256, __version__)
+        data = field.collect(agent.settings, member.config_sha256, __version__, now=agent.clock.time())
         for source, (on, days) in field.expiring(data).items():
             what = "client certificate" if source == "mqtt.cert" else "CA certificate"
             msg = f"the TLS {what} expires in {days} days" if on else f"the TLS {what} is valid for {days} days"
