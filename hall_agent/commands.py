@@ -178,7 +178,12 @@ class Dispatcher:
                        {"id": cid, "command": name, "args": _small(args), "ok": False, "error": error})
 
 
+#: argument names whose values never reach the audit event (the credentials command)
+SECRET_ARGS = ("password", "key_pem")
+
+
 def _small(args: dict[str, Any]) -> dict[str, Any] | str:
+    args = {k: ("********" if k in SECRET_ARGS and v is not None else v) for k, v in args.items()}
     try:
         text = json.dumps(args, default=str, allow_nan=False)
     except (ValueError, RecursionError):  # nothing a parsed command holds; kept out of the audit anyway

@@ -117,9 +117,13 @@ class Central:
     def reported(self, base: str) -> list[dict]:
         return self.payloads(f"{base}/config/reported")
 
-    def command(self, base: str, command: str, args: dict | None = None, timeout: float = 15.0) -> dict:
+    def send(self, base: str, command: str, args: dict | None = None) -> str:
         cid = f"t-{time.monotonic_ns()}"
         self.publish(f"{base}/cmd", json.dumps({"id": cid, "command": command, "args": args or {}}).encode())
+        return cid
+
+    def command(self, base: str, command: str, args: dict | None = None, timeout: float = 15.0) -> dict:
+        cid = self.send(base, command, args)
         assert self.wait_for(lambda: any(r.get("id") == cid for r in self.payloads(f"{base}/cmd/reply")),
                              timeout), f"no reply to {command}"
         return next(r for r in self.payloads(f"{base}/cmd/reply") if r.get("id") == cid)

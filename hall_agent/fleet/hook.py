@@ -69,6 +69,24 @@ def attach(agent: "Agent") -> Member:
         return data
 
     agent.health_extras.append(field_health)
+    from .credentials import Rotation
+
+    def set_password(pw: str) -> None:
+        link.client.username_pw_set(agent.settings.mqtt.username, pw)  # used from the next CONNECT on
+
+    from ..envelope import Moment
+
+    def notify(outcome: dict) -> None:
+        ok = outcome["outcome"] == "switched"
+        agent.emit(agent.events.agent(f"credentials-{outcome['outcome']}", outcome,
+                                      severity="info" if ok else "warning", moment=Moment("system", 2)))
+
+    rotation = Rotation(lambda: agent.settings, set_password, agent.request_restart, notify=notify,
+                        monotonic=agent.clock.monotonic, sleep=agent.clock.sleep)
+    agent.dispatcher.register("credentials", rotation.command,
+                              allowed=lambda: agent.settings.commands.allow_credentials,
+                              refusal="credentials is disabled on this hall ([commands] allow_credentials = false)")
+    agent.slow_commands.add("credentials")  # the proof connection takes a moment
     member.appliers.update({"hours": calendar, "checks": calendar, "rules": rules, "profile": rules})
     link.subscribe("config/desired", lambda msg: member.on_desired(msg.payload))
     link.on_connected.append(member.connected)
