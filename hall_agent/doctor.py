@@ -442,6 +442,12 @@ def check_broker_conformance(settings: Settings) -> list[Finding]:
     return [Finding(r.ok, r.what, r.detail, r.fix) for r in check(settings)]
 
 
+def check_field(settings: Settings, path: Path) -> list[Finding]:
+    """Version, configuration sha256, the Pi's power and throttling, certificate expiry."""
+    from .fleet.health import doctor_findings
+    return doctor_findings(settings, path)
+
+
 def run(settings: Settings, path: str | None) -> int:
     from .agent import storage_dir
     from .hardware import Hardware
@@ -462,6 +468,7 @@ def run(settings: Settings, path: str | None) -> int:
     findings += check_service() + check_service_storage(state_dir) + check_device_permissions(settings)
     if all(f.ok for f in findings if f.what == "broker"):
         findings += check_broker_conformance(settings)
+    findings += check_field(settings, config_path(path))
     for f in findings:
         print(f.line())
     problems = sum(not f.ok for f in findings)

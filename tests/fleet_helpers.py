@@ -165,8 +165,9 @@ class Supervised:
     """``hall-agent run --simulate`` started again whenever it exits with the
     restart status (as systemd's Restart=always would)."""
 
-    def __init__(self, config: Path, log: Path, env: dict | None = None):
+    def __init__(self, config: Path, log: Path, env: dict | None = None, simulate: bool = True):
         self.config = config
+        self.simulate = simulate
         self.log = log
         self.env = {**os.environ, "HALL_AGENT_SIM_DAY": "0", **(env or {})}
         self.exits: list[int] = []
@@ -184,7 +185,8 @@ class Supervised:
             while not self._stop.is_set():
                 self.starts += 1
                 self.proc = subprocess.Popen([sys.executable, "-m", "hall_agent", "run", "-c", str(self.config),
-                                              "--simulate"], env=self.env, stdout=out, stderr=subprocess.STDOUT)
+                                              *(["--simulate"] if self.simulate else [])],
+                                             env=self.env, stdout=out, stderr=subprocess.STDOUT)
                 code = self.proc.wait()
                 self.exits.append(code)
                 if code != EXIT_RESTART:

@@ -144,3 +144,39 @@ def test_a_file_that_cannot_reach_the_broker_reverts_itself(hall):
     assert [r["state"] for r in central.reported(BASE) if r["sha256"] == sha] == ["applying", "reverted"]
     # the retained desired message is handed over again: a reverted one is not tried again
     assert central.command(BASE, "ping")["ok"] and agent.starts == 3
+
+
+def test_a_new_camera_probe_is_applied_live_and_a_new_relay_needs_a_restart(tmp_path):
+    import socket
+    broker = AclBroker(tmp_path / "mq", [("zigong", "ziliujing", "zg-001")]).start()
+    pw = tmp_path / "mqtt-password"
+    pw.write_text(broker.secrets["zg-001"] + "\n")
+    cfg = hall_config(tmp_path / "config.toml", broker.port, tmp_path / "state", pw)
+    central = Central(broker.port, broker.secrets["central"])
+    camera = socket.socket()
+    camera.bind(("127.0.0.1", 0))
+    camera.listen(16)
+    agent = Supervised(cfg, tmp_path / "agent.log", simulate=False).start()  # a real TCP probe
+    try:
+        assert central.wait_for(lambda: any(p["state"] == "online" for p in central.payloads(f"{BASE}/status")),
+                                30), agent.output()
+        text = desired_text(cfg) + (f'\n[[equipment]]\nid = "cam.1"\nname = "camera"\n'
+                                    f'probe = "tcp://127.0.0.1:{camera.getsockname()[1]}"\nprobe_interval_s = 1\n')
+        report = final(central, push(central, text, "cam"))
+        assert report["state"] == "applied" and report["live"] == ["equipment"], report
+        assert central.wait_for(lambda: any(p["data"]["reachable"] for p in central.payloads(f"{BASE}/state/cam.1")),
+                                15), agent.output()
+        assert agent.starts == 1
+        status = central.command(BASE, "status")["result"]
+        assert status["equipment"]["cam.1"]["reachable"] is True
+        relay = text + '\n[[equipment]]\nid = "fan.1"\nrelay_pin = 23\n'
+        push(central, relay, "relay")
+        applying = central.wait_for(lambda: any(r["version"] == "relay" and r["state"] == "applying"
+                                                for r in central.reported(BASE)), 30)
+        assert applying
+        assert next(r for r in central.reported(BASE) if r["version"] == "relay")["restart"] == ["equipment"]
+    finally:
+        agent.stop()
+        camera.close()
+        central.close()
+        broker.stop()

@@ -131,3 +131,24 @@ dir = "{tmp_path / 'state'}"
         sub.disconnect()
         sub.loop_stop()
         broker.stop()
+
+
+def test_doctor_lines_for_power_certificates_and_version(pki, tmp_path):
+    from hall_agent.config import validate
+    cfg = tmp_path / "config.toml"
+    cfg.write_text("# a file\n")
+    settings = validate({"hall": {"id": "zg-001", "city": "zigong", "branch": "ziliujing"},
+                         "mqtt": {"host": "localhost", "tls": True, "ca_file": str(pki / "ca.crt"),
+                                  "cert_file": str(pki / "zg-001.crt"), "key_file": str(pki / "zg-001.key")}})
+    sysfs = tmp_path / "get_throttled"
+    sysfs.write_text("50000\n")
+    lines = {f.what: f for f in fh.doctor_findings(settings, cfg, sysfs=sysfs)}
+    assert lines["version"].ok and hashlib.sha256(b"# a file\n").hexdigest() in lines["version"].detail
+    assert not lines["power"].ok and "since boot" in lines["power"].detail and "power supply" in lines["power"].fix
+    assert not lines["client certificate"].ok and "expires in" in lines["client certificate"].detail
+    assert "credentials command" in lines["client certificate"].fix
+    assert lines["CA certificate"].ok
+    sysfs.write_text("0\n")
+    assert {f.what: f for f in fh.doctor_findings(settings, cfg, sysfs=sysfs)}["power"].ok
+    sysfs.write_text("40000\n")
+    assert not {f.what: f for f in fh.doctor_findings(settings, cfg, sysfs=sysfs)}["throttling"].ok

@@ -103,3 +103,42 @@ def expiring(data: dict[str, Any]) -> dict[str, tuple[bool, int | None]]:
             days = data[key]
             out[source] = (days is not None and days < EXPIRY_WARN_DAYS, days)
     return out
+
+
+def doctor_findings(settings, config_file: Path, now: float | None = None, sysfs: Path = THROTTLED_SYSFS) -> list:
+    """``hall-agent doctor``'s lines for the same fields."""
+    from .. import __version__
+    from ..doctor import Finding
+    now = time.time() if now is None else now
+    out = [Finding(True, "version", f"hall-agent {__version__}; configuration sha256 "
+                                    f"{file_sha256(config_file) or '(unreadable)'}")]
+    flags = throttled(sysfs)
+    if flags is not None:
+        now_bad = [k for k in ("under_voltage", "throttled", "freq_capped", "soft_temp_limit") if flags[k]]
+        past_bad = [k.removesuffix("_occurred") for k in ("under_voltage_occurred", "throttled_occurred")
+                    if flags[k]]
+        if flags["under_voltage"] or flags["under_voltage_occurred"]:
+            out.append(Finding(False, "power", f"under-voltage {'now' if flags['under_voltage'] else 'since boot'} "
+                                               f"(get_throttled {flags['raw']})",
+                               "use the Pi's official power supply (5.1 V) and a short, thick cable; "
+                               "under-voltage corrupts SD cards"))
+        elif now_bad or past_bad:
+            out.append(Finding(False, "throttling", f"{', '.join(now_bad) or 'throttled since boot'} "
+                                                    f"(get_throttled {flags['raw']})",
+                               "cooling: a heatsink or a case with air flow, away from the sun"))
+        else:
+            out.append(Finding(True, "power", f"no under-voltage or throttling since boot ({flags['raw']})"))
+    m = settings.mqtt
+    if m.tls:
+        for label, path in (("client certificate", m.cert_file), ("CA certificate", m.ca_file)):
+            if path is None:
+                continue
+            days = days_left(path, now)
+            if days is None:
+                out.append(Finding(False, label, f"{path}: not a readable PEM certificate", "check the file"))
+            elif days < EXPIRY_WARN_DAYS:
+                out.append(Finding(False, label, f"{path}: {'expired' if days < 0 else f'expires in {days} days'}",
+                                   "issue a new one and send it with the credentials command (docs/fleet.md)"))
+            else:
+                out.append(Finding(True, label, f"{path}: valid for {days} more days"))
+    return out

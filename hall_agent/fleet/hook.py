@@ -87,7 +87,9 @@ def attach(agent: "Agent") -> Member:
                               allowed=lambda: agent.settings.commands.allow_credentials,
                               refusal="credentials is disabled on this hall ([commands] allow_credentials = false)")
     agent.slow_commands.add("credentials")  # the proof connection takes a moment
-    member.appliers.update({"hours": calendar, "checks": calendar, "rules": rules, "profile": rules})
+    member.appliers.update({"hours": calendar, "checks": calendar, "rules": rules, "profile": rules,
+                            "equipment": lambda old, new: _equipment(agent, old, new)})
+    member.live_checks["equipment"] = probes_only
     link.subscribe("config/desired", lambda msg: member.on_desired(msg.payload))
     link.on_connected.append(member.connected)
     agent.status_providers["fleet"] = member.status
@@ -100,3 +102,47 @@ def _adopt(agent: "Agent", new: Settings) -> None:
     agent.settings = new
     if hasattr(agent.checks, "settings"):
         agent.checks.settings = new
+
+
+RELAY_KEYS = ("relay_pin", "relay_active_high", "power")
+
+
+def probes_only(old: Settings, new: Settings) -> bool:
+    """Equipment changes that are live: probes (added, removed, changed) and
+    names; anything that touches a relay (GPIO) needs a restart."""
+    before = {e.id: e for e in old.equipment}
+    after = {e.id: e for e in new.equipment}
+    for eid in set(before) | set(after):
+        a, b = before.get(eid), after.get(eid)
+        if a is None or b is None:
+            if (a or b).relay_pin is not None:
+                return False
+        elif any(getattr(a, k) != getattr(b, k) for k in RELAY_KEYS):
+            return False
+    return True
+
+
+def _equipment(agent: "Agent", old: Settings, new: Settings) -> None:
+    """New probes: the equipment monitor is rebuilt on the new list; an added
+    item publishes its state at once, a removed one's alerts are cleared."""
+    from ..devices.equipment import EquipmentMonitor
+    d = agent.devices
+    previous = d.equipment
+    previous.stop()
+    d.settings = new
+    d.equipment = EquipmentMonitor(new.equipment, d._on_probe, probe_fn=previous.probe_fn,
+                                   interval_s=min((e.probe_interval_s for e in new.equipment), default=60),
+                                   timeout_s=max((e.probe_timeout_s for e in new.equipment), default=3))
+    _adopt(agent, new)
+    gone = {e.id for e in old.equipment} - {e.id for e in new.equipment}
+    for eid in gone:
+        with d._lock:
+            d.equipment_state.pop(eid, None)
+    if gone:  # their alerts (equipment-unreachable) clear: the part is no longer configured
+        agent.alerts.feed(lambda now: agent.engine.forget_sources(
+            {src for _, src in agent.engine.active} - gone, now))
+    for e in new.equipment:
+        if e.id not in {x.id for x in old.equipment}:
+            d._publish_equipment(e.id, None)
+    d.equipment.start()
+    log.info("equipment probes rebuilt from the new configuration (%d item(s))", len(new.equipment))

@@ -27,7 +27,11 @@ class Plan:
         return bool(self.restart)
 
 
-def plan(old: Settings, new: Settings, appliers: dict[str, Callable[[Settings, Settings], None]]) -> Plan:
+def plan(old: Settings, new: Settings, appliers: dict[str, Callable[[Settings, Settings], None]],
+         checks: dict[str, Callable[[Settings, Settings], bool]] | None = None) -> Plan:
+    """``checks``: for a section that is live only for some changes (equipment:
+    probes yes, relays no), whether this change is one of them."""
+    checks = checks or {}
     changed = changes(old, new)
-    live = [name for name in changed if name in appliers]
-    return Plan(live, [name for name in changed if name not in appliers])
+    live = [name for name in changed if name in appliers and checks.get(name, lambda o, n: True)(old, new)]
+    return Plan(live, [name for name in changed if name not in live])

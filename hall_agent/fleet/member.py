@@ -56,6 +56,7 @@ class Member:
         self.now_iso = now_iso
         self.monotonic = monotonic
         self.appliers: dict[str, Applier] = {}
+        self.live_checks: dict[str, Callable[[Settings, Settings], bool]] = {}
         self._lock = threading.RLock()
         self._doc = self.state.load()
         self._deadline: float | None = None
@@ -154,7 +155,7 @@ class Member:
         except dz.Rejected as e:
             self._reject(info, e.errors)
             return
-        plan = live.plan(self.settings, new, self.appliers)
+        plan = live.plan(self.settings, new, self.appliers, self.live_checks)
         if not plan.live and not plan.restart:
             log.info("configuration %s: no change to the running settings", d.version)
         header = (f"# written by hall-agent from config/desired version {d.version!r} "
