@@ -181,3 +181,23 @@ def test_the_file_is_replaced_with_the_previous_kept_and_can_be_put_back(tmp_pat
     assert cfg.read_text() == "a = 1\n" and files.failed_path(cfg).read_text() == "a = 2\n"
     assert not files.prev_path(cfg).exists()
     assert files.restore_previous(cfg) is False
+
+
+def test_the_member_exposes_its_retained_report_and_refuses_without_touching_the_file(tmp_path, password_file):
+    from hall_agent.config import load
+    from hall_agent.fleet import Member
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(LOCAL.replace("PWFILE", PW))
+    sent = []
+    m = Member(load(cfg), cfg, tmp_path, lambda p, w: sent.append(p) or True, lambda r: None, lambda: "t")
+    assert m.retained() == []
+    before = cfg.read_bytes()
+    m.on_desired(msg(DESIRED.replace('id = "zg-001"', 'id = "zg-002"')))
+    assert cfg.read_bytes() == before and json.loads(sent[-1])["state"] == "rejected"
+    assert m.retained() == [("config/reported", sent[-1])]
+    again = Member(load(cfg), cfg, tmp_path, lambda p, w: True, lambda r: None, lambda: "t")
+    [(topic, payload)] = again.retained()  # kept across a restart (fleet.json)
+    assert topic == "config/reported" and json.loads(payload) == json.loads(sent[-1])
+    n = len(sent)
+    m.on_desired(msg(DESIRED.replace('id = "zg-001"', 'id = "zg-002"')))  # the same push again: not redone
+    assert len(sent) == n

@@ -110,6 +110,12 @@ class Member:
         self._reported_acked = False
         self._connected.set()
 
+    def retained(self) -> list[tuple[str, bytes]]:
+        """What the cycle holds on retained topics (suffix under the base, payload),
+        for a republish after the broker lost its session (the link's rebirth).
+        The cycle itself republishes it on every connect until acknowledged."""
+        return [("config/reported", self.last_reported)] if self.last_reported else []
+
     @property
     def pending(self) -> dict | None:
         p = self._doc.get("pending")
