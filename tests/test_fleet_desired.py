@@ -4,7 +4,6 @@ the limits that protect the hall, the file replaced with the previous kept."""
 import json
 import os
 import tomllib
-from datetime import date
 
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
@@ -201,3 +200,14 @@ def test_the_member_exposes_its_retained_report_and_refuses_without_touching_the
     n = len(sent)
     m.on_desired(msg(DESIRED.replace('id = "zg-001"', 'id = "zg-002"')))  # the same push again: not redone
     assert len(sent) == n
+
+
+def test_the_state_folder_stays_local(password_file):
+    local = LOCAL.replace("PWFILE", PW) + '\n[storage]\ndir = "/var/lib/hall-agent"\n'
+    merged, settings = dz.merge(dz.parse(msg(DESIRED)), tomllib.loads(local))
+    assert merged["storage"] == {"dir": "/var/lib/hall-agent"}
+    with pytest.raises(dz.Rejected) as e:
+        dz.merge(dz.parse(msg(DESIRED + '\n[storage]\ndir = "/tmp/elsewhere"\n')), tomllib.loads(local))
+    assert [line.split(":")[0] for line in e.value.errors] == ["storage.dir"]
+    merged, _ = dz.merge(dz.parse(msg(DESIRED + '\n[storage]\nmax_outbox_mb = 64\n')), tomllib.loads(local))
+    assert merged["storage"] == {"max_outbox_mb": 64, "dir": "/var/lib/hall-agent"}

@@ -117,6 +117,7 @@ dir = "{tmp_path / 'state'}"
         assert health["version"] == __version__
         assert health["config_sha256"] == hashlib.sha256(cfg.read_bytes()).hexdigest()
         assert health["cert_days_left"] in (9, 10) and health["ca_days_left"] in (399, 400)
+        assert isinstance(health["written_bytes_24h"], int) and health["written_bytes_24h"] >= 0
         assert ("throttled" in health) == (fh.throttled() is not None)  # absent where the firmware has none
         assert wait_until(lambda: any(t == f"{base}/alert/certificate-expiring/mqtt.cert" for t, _ in got), 10)
         alert = json.loads(next(p for t, p in got if t == f"{base}/alert/certificate-expiring/mqtt.cert"))
@@ -152,3 +153,21 @@ def test_doctor_lines_for_power_certificates_and_version(pki, tmp_path):
     assert {f.what: f for f in fh.doctor_findings(settings, cfg, sysfs=sysfs)}["power"].ok
     sysfs.write_text("40000\n")
     assert not {f.what: f for f in fh.doctor_findings(settings, cfg, sysfs=sysfs)}["throttling"].ok
+
+
+def test_written_bytes_over_the_last_24_hours_on_the_monotonic_clock():
+    from hall_agent.clock import FakeClock
+    clock = FakeClock()
+    counter = {"v": 1000}
+    meter = fh.WriteMeter(clock.monotonic, lambda: counter["v"])
+    counter["v"] += 500
+    clock.advance(3600)
+    assert meter.sample() == 500                  # since start, less than a day ago
+    for _ in range(30):                           # a day and more of hourly reports, 100 bytes each
+        clock.advance(3600)
+        counter["v"] += 100
+        meter.sample()
+    assert meter.sample() == 2400                 # only the last 24 h: 24 x 100
+    assert len(meter.samples) <= 27
+    assert fh.WriteMeter(clock.monotonic, lambda: None).sample() is None
+    assert isinstance(fh.process_write_bytes(), int)  # Linux: /proc/self/io

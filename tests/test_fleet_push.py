@@ -10,7 +10,6 @@ import pytest
 from fleet_helpers import AclBroker, Central, SimHall
 from hall_agent.cli import main
 from hall_agent.fleet import push as fp
-from mqtt_helpers import wait_until
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -9,6 +9,8 @@ The TOML is validated by the same code as ``hall-agent config check``
   ``mqtt.cert_file`` and ``mqtt.key_file``, the ``[commands]`` and ``[fleet]``
   sections may not be changed (written the same as the hall's own file is
   accepted, left out is the usual case: the hall's own values are kept);
+- the state folder stays: ``storage.dir`` (the outbox and this cycle's own
+  state live there; carried over from the hall's file like the mqtt keys);
 - the hall stays where it is: ``hall.id``, ``hall.city``, ``hall.branch`` and
   ``mqtt.topic_root`` may not change (the hall would leave its base topic and
   its broker ACL).
@@ -27,6 +29,8 @@ from ..config import ConfigError, Settings, validate
 
 MAX_DESIRED_BYTES = 256 * 1024
 LOCAL_MQTT_KEYS = ("password_file", "ca_file", "cert_file", "key_file")
+#: other single keys that stay local: the state folder holds the outbox and the cycle's own state
+LOCAL_KEYS = (("storage", "dir"),)
 LOCAL_SECTIONS = ("commands", "fleet")
 IDENTITY = (("hall", "id"), ("hall", "city"), ("hall", "branch"), ("mqtt", "topic_root"))
 
@@ -122,7 +126,22 @@ def merge(desired: Desired, local: dict[str, Any]) -> tuple[dict[str, Any], Sett
         if key in theirs and theirs[key] != mine.get(key, "halls" if key == "topic_root" else None):
             errors.append(f"{section}.{key}: {theirs[key]!r} would move the hall off its base topic "
                           f"(it is {mine.get(key)!r}); a desired configuration may not change it")
+    for section, key in LOCAL_KEYS:
+        theirs = data.get(section, {}) if isinstance(data.get(section), dict) else {}
+        mine = local.get(section, {}) if isinstance(local.get(section), dict) else {}
+        if key in theirs and theirs[key] != mine.get(key):
+            errors.append(f"{section}.{key}: stays local: a desired configuration may not change it "
+                          f"(the outbox and the configuration cycle's state live there)")
     merged = copy.deepcopy(data)
+    for section, key in LOCAL_KEYS:
+        mine = local.get(section, {}) if isinstance(local.get(section), dict) else {}
+        target = merged.get(section)
+        if key in mine:
+            if not isinstance(target, dict):
+                target = merged[section] = {}
+            target[key] = mine[key]
+        elif isinstance(target, dict):
+            target.pop(key, None)
     if local_mqtt or mqtt:
         m = merged.setdefault("mqtt", {}) if isinstance(merged.get("mqtt", {}), dict) else None
         if m is not None:

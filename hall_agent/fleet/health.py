@@ -19,8 +19,9 @@ import shutil
 import ssl
 import subprocess
 import time
+from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 THROTTLED_SYSFS = Path("/sys/devices/platform/soc/soc:firmware/get_throttled")
 THROTTLE_BITS = {0: "under_voltage", 1: "freq_capped", 2: "throttled", 3: "soft_temp_limit",
@@ -142,3 +143,40 @@ def doctor_findings(settings, config_file: Path, now: float | None = None, sysfs
             else:
                 out.append(Finding(True, label, f"{path}: valid for {days} more days"))
     return out
+
+
+def process_write_bytes(path: Path = Path("/proc/self/io")) -> int | None:
+    """Bytes this process caused to be written to storage (the kernel's ``write_bytes``)."""
+    try:
+        for line in path.read_text().splitlines():
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+class WriteMeter:
+    """``written_bytes_24h``: what the agent wrote to storage over the last 24 h
+    (since it started, when that is less). The agent writes nowhere but its
+    state folder (and, rarely, its configuration file), so this is the SD
+    card's wear from the outbox and the state files. Sampled at each health
+    report on the monotonic clock."""
+
+    WINDOW_S = 24 * 3600.0
+
+    def __init__(self, monotonic: Callable[[], float], read: Callable[[], int | None] = process_write_bytes):
+        self.monotonic = monotonic
+        self.read = read
+        self.samples: deque[tuple[float, int]] = deque()
+        self.sample()
+
+    def sample(self) -> int | None:
+        value = self.read()
+        if value is None:
+            return None
+        now = self.monotonic()
+        self.samples.append((now, value))
+        while len(self.samples) > 2 and self.samples[1][0] <= now - self.WINDOW_S:
+            self.samples.popleft()  # keep one sample at or before the window's start
+        return value - self.samples[0][1]

@@ -59,8 +59,13 @@ def attach(agent: "Agent") -> Member:
     from .. import __version__
     from . import health as field
 
+    writes = field.WriteMeter(agent.clock.monotonic)
+
     def field_health() -> dict:
         data = field.collect(agent.settings, member.config_sha256, __version__, now=agent.clock.time())
+        written = writes.sample()
+        if written is not None:
+            data["written_bytes_24h"] = written
         for source, (on, days) in field.expiring(data).items():
             what = "client certificate" if source == "mqtt.cert" else "CA certificate"
             msg = f"the TLS {what} expires in {days} days" if on else f"the TLS {what} is valid for {days} days"

@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -202,7 +202,6 @@ class Wire:
     retained ``status`` and ``config/reported`` of the halls in scope."""
 
     def __init__(self, settings, scope: tuple[str, ...]):
-        from paho.mqtt.enums import MQTTErrorCode  # noqa: F401  (paho is a dependency of the agent)
         from ..link import make_client
         self.settings = settings
         self.root = settings.mqtt.topic_root
