@@ -95,6 +95,8 @@ def attach(agent: "Agent") -> Member:
     member.appliers.update({"hours": calendar, "checks": calendar, "rules": rules, "profile": rules,
                             "equipment": lambda old, new: _equipment(agent, old, new)})
     member.live_checks["equipment"] = probes_only
+    # the scheduler reads require_time_sync once, at start
+    member.live_checks["checks"] = lambda old, new: old.checks.require_time_sync == new.checks.require_time_sync
     link.subscribe("config/desired", lambda msg: member.on_desired(msg.payload))
     link.on_connected.append(member.connected)
     agent.status_providers["fleet"] = member.status
