@@ -211,3 +211,23 @@ def test_the_state_folder_stays_local(password_file):
     assert [line.split(":")[0] for line in e.value.errors] == ["storage.dir"]
     merged, _ = dz.merge(dz.parse(msg(DESIRED + '\n[storage]\nmax_outbox_mb = 64\n')), tomllib.loads(local))
     assert merged["storage"] == {"max_outbox_mb": 64, "dir": "/var/lib/hall-agent"}
+
+
+def test_a_file_that_cannot_be_written_is_rejected_and_nothing_changes(tmp_path, password_file, monkeypatch):
+    import errno
+    from hall_agent.config import load
+    from hall_agent.fleet import Member
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(LOCAL.replace("PWFILE", PW))
+    sent, restarts = [], []
+    m = Member(load(cfg), cfg, tmp_path, lambda p, w: sent.append(json.loads(p)) or True, restarts.append,
+               lambda: "t")
+
+    def read_only(path, data):
+        raise OSError(errno.EROFS, "Read-only file system")
+    monkeypatch.setattr(files, "replace_keeping_previous", read_only)  # the unit's ProtectSystem=strict
+    before = cfg.read_bytes()
+    m.on_desired(msg(DESIRED))
+    assert sent[-1]["state"] == "rejected" and restarts == []
+    assert sent[-1]["errors"] == [f"{cfg}: cannot be written (Read-only file system); nothing changed"]
+    assert cfg.read_bytes() == before
