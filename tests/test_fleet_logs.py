@@ -95,6 +95,11 @@ def test_a_long_answer_is_split_into_chunks_of_at_most_64_kib():
     assert joined[:1000] == lines[:1000]
     assert joined[1000].startswith("yyyy") and joined[1000].endswith(logs.CUT)
     assert logs.split_reply({"id": "x", "ok": True, "result": {"a": 1}}) == [b'{"id": "x", "ok": true, "result": {"a": 1}}']
+    from hall_agent.envelope import encode_json  # the agent's strict encoder: same limits
+    wide = [f"门禁 {i} " + "告警" * 400 + "\ud800" for i in range(200)]  # 3-byte UTF-8, a lone surrogate
+    out = logs.split_reply({"id": "q2", "ok": True, "result": logs.Chunks([{"lines": wide}])}, encode=encode_json)
+    assert len(out) > 1 and all(len(p) <= 64 * 1024 for p in out)
+    assert sum(len(json.loads(p)["result"]["lines"]) for p in out) == 200
 
 
 def test_logs_fetched_with_a_grep_over_mqtt_in_chunks(broker, tmp_path):

@@ -209,19 +209,19 @@ def split_reply(reply: dict[str, Any], limit: int = MAX_REPLY_BYTES,
     lines = list(doc.get("lines", []))
 
     def size(batch: list[str], i: int = 99999, n: int = 99999) -> int:
-        return len(json.dumps({**head, "chunk": i, "of": n, "result": {**meta, "lines": batch}},
-                              ensure_ascii=False).encode())
+        return len(encode({**head, "chunk": i, "of": n, "result": {**meta, "lines": batch}}))
 
+    cost_of = lambda text: len(encode(text)) + 2  # the string and its separator, at most
     room = limit - size([])
     batches: list[list[str]] = [[]]
     used = 0
     for line in lines:
-        cost = len(json.dumps(line, ensure_ascii=False).encode()) + 2  # the string and ", "
+        cost = cost_of(line)
         if cost > room:  # one line longer than a whole reply: cut it
-            while len(json.dumps(line + CUT, ensure_ascii=False).encode()) + 2 > room:
-                line = line[: max(0, len(line) - max(16, (len(json.dumps(line).encode()) - room) // 2))]
+            while cost_of(line + CUT) > room:
+                line = line[: max(0, len(line) - max(16, (cost_of(line) - room) // 2))]
             line += CUT
-            cost = len(json.dumps(line, ensure_ascii=False).encode()) + 2
+            cost = cost_of(line)
         if used + cost > room and batches[-1]:
             batches.append([])
             used = 0
