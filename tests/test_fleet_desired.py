@@ -231,3 +231,24 @@ def test_a_file_that_cannot_be_written_is_rejected_and_nothing_changes(tmp_path,
     assert sent[-1]["state"] == "rejected" and restarts == []
     assert sent[-1]["errors"] == [f"{cfg}: cannot be written (Read-only file system); nothing changed"]
     assert cfg.read_bytes() == before
+
+
+def test_a_process_that_is_restarting_never_confirms_its_own_restart(tmp_path, password_file):
+    """The old process may still be connected while it stops: only the restarted one
+    (with the new file) may report applied, or a file that cannot reach the broker
+    would never be reverted."""
+    from hall_agent.config import load
+    from hall_agent.fleet import Member
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(LOCAL.replace("PWFILE", PW))
+    sent, restarts = [], []
+    m = Member(load(cfg), cfg, tmp_path, lambda p, w: sent.append(json.loads(p)) or True, restarts.append,
+               lambda: "t")
+    m.on_desired(msg(DESIRED.replace('host = "127.0.0.1"', 'host = "127.0.0.2"')))
+    assert restarts and [r["state"] for r in sent] == ["applying"]
+    m.connected()   # the old connection is still up (or stop() woke the watcher)
+    m._turn()
+    m.stop()
+    m._turn()
+    assert [r["state"] for r in sent] == ["applying"]
+    assert json.loads((tmp_path / "fleet.json").read_text())["pending"]["phase"] == "restart"

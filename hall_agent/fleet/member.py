@@ -60,7 +60,8 @@ class Member:
         self._lock = threading.RLock()
         self._doc = self.state.load()
         self._deadline: float | None = None
-        self._connected = threading.Event()
+        self._connected = threading.Event()   # set by connected() only
+        self._wake = threading.Event()        # wakes the watcher (a connection, or stop)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_reported: bytes | None = None
@@ -101,7 +102,7 @@ class Member:
 
     def stop(self) -> None:
         self._stop.set()
-        self._connected.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
 
@@ -109,6 +110,7 @@ class Member:
         """The link's on-connect hook (the network thread: must not block)."""
         self._reported_acked = False
         self._connected.set()
+        self._wake.set()
 
     def retained(self) -> list[tuple[str, bytes]]:
         """What the cycle holds on retained topics (suffix under the base, payload),
@@ -213,7 +215,8 @@ class Member:
     # -- the watcher thread: confirm a restart-applied file, or revert it ----------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._connected.wait(0.25)
+            self._wake.wait(0.25)
+            self._wake.clear()
             if self._stop.is_set():
                 return
             try:
@@ -224,6 +227,8 @@ class Member:
 
     def _turn(self) -> None:
         with self._lock:
+            if self.restarting or self._stop.is_set():
+                return  # this process is going away: the restarted one confirms, or reverts
             pending = self.pending
             if self._connected.is_set():
                 self._connected.clear()
@@ -237,6 +242,7 @@ class Member:
                         log.info("configuration %s applied: the broker answered", pending.get("version"))
                         return
                     self._connected.set()  # not acknowledged: try again
+                    self._wake.set()
                 elif self.last_reported is not None and not self._reported_acked:
                     self._reported_acked = self.publish(self.last_reported, 5.0)
             if pending is not None and self._deadline is not None and self.monotonic() > self._deadline \
