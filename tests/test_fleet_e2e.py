@@ -180,3 +180,34 @@ def test_a_new_camera_probe_is_applied_live_and_a_new_relay_needs_a_restart(tmp_
         camera.close()
         central.close()
         broker.stop()
+
+
+def test_alarm_handling_numbers_are_applied_live_maintenance_windows_by_a_restart(hall):
+    broker, central, agent, cfg = hall
+    text = desired_text(cfg) + "\n[alerts]\nescalate_branch_s = 30\nescalate_city_s = 300\n"
+    report = final(central, push(central, text, "alerts"))
+    assert report["state"] == "applied" and report["live"] == ["alerts"] and agent.starts == 1
+    text += '\n[[maintenance]]\nrule = "*"\nsource = "*"\nfrom = "02:00"\nto = "03:00"\nreason = "cleaning"\n'
+    push(central, text, "cleaning")
+    assert central.wait_for(lambda: any(r["version"] == "cleaning" and r["state"] == "applying"
+                                        for r in central.reported(BASE)), 30)
+    assert next(r for r in central.reported(BASE) if r["version"] == "cleaning")["restart"] == ["maintenance"]
+
+
+def test_the_alerts_applier_changes_the_alarm_book_policy(tmp_path):
+    from hall_agent.agent import Agent
+    from hall_agent.config import load
+    pw = tmp_path / "pw"
+    pw.write_text("x\n")
+    cfg = hall_config(tmp_path / "config.toml", 1, tmp_path / "state", pw)
+    agent = Agent(load(cfg), simulate=True, config_path=str(cfg))
+    try:
+        old = agent.settings
+        new = old.model_copy(update={"alerts": old.alerts.model_copy(update={"escalate_branch_s": 30.0,
+                                                                               "flap_count": 6})})
+        agent.fleet.appliers["alerts"](old, new)
+        p = agent.alarms.book.policy
+        assert p.escalate_branch_s == 30.0 and p.flap_count == 6 and p.escalate_city_s == old.alerts.escalate_city_s
+        assert agent.settings.alerts.flap_count == 6
+    finally:
+        agent.outbox.close()

@@ -92,7 +92,22 @@ def attach(agent: "Agent") -> Member:
                               allowed=lambda: agent.settings.commands.allow_credentials,
                               refusal="credentials is disabled on this hall ([commands] allow_credentials = false)")
     agent.slow_commands.add("credentials")  # the proof connection takes a moment
+    def alarm_policy(old: Settings, new: Settings) -> None:
+        """[alerts]: escalation, flapping and drill-due numbers, at the next evaluation.
+        (Scheduled maintenance windows are indexed by position in the alarm book: by a restart.)"""
+        import dataclasses
+        a = new.alerts
+        with agent.alerts.lock:
+            book = agent.alarms.book
+            book.policy = dataclasses.replace(book.policy, escalate_branch_s=a.escalate_branch_s,
+                                              escalate_city_s=a.escalate_city_s, flap_count=a.flap_count,
+                                              flap_window_s=a.flap_window_s, drill_due_days=a.drill_due_days)
+        _adopt(agent, new)
+        agent.alarms.settings = new
+        log.info("alarm handling ([alerts]) changed")
+
     member.appliers.update({"hours": calendar, "checks": calendar, "rules": rules, "profile": rules,
+                            "alerts": alarm_policy,
                             "equipment": lambda old, new: _equipment(agent, old, new)})
     member.live_checks["equipment"] = probes_only
     # the scheduler reads require_time_sync once, at start
